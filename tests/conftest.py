@@ -17,3 +17,9 @@ os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# absltest helpers (create_tempdir, ...) read absl flags; pytest never parses them.
+from absl import flags as _absl_flags  # noqa: E402
+
+if not _absl_flags.FLAGS.is_parsed():
+  _absl_flags.FLAGS.mark_as_parsed()

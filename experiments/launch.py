@@ -1,0 +1,44 @@
+"""Launch any experiment from a config file.
+
+  python -m experiments.launch --config=experiments/configs/lm_quickstart.py \
+      --workdir=runs/quickstart --config.trainer.total_steps=300
+
+The config's `runner` names a module with `run(config, workdir) -> dict`.
+Overrides of keys the config does not have fail at start, naming the key.
+Re-running with the same --workdir resumes from its newest checkpoint.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file with get_config().", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (metrics, checkpoints, plots, report). "
+    "Default: runs/<config file name>.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from framework import mesh  # pylint: disable=g-import-not-at-top
+  mesh.maybe_initialize_distributed()
+  config = _CONFIG.value
+  if "runner" not in config:
+    raise app.UsageError("the config has no `runner` field naming the module to run")
+  workdir = _WORKDIR.value or os.path.join(
+      "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])
+  runner = importlib.import_module(config.runner)
+  summary = runner.run(config, workdir)
+  logging.info("run directory: %s", os.path.abspath(workdir))
+  print(json.dumps(summary, default=str, indent=2))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

@@ -1,0 +1,159 @@
+"""Runner: train the transformer LM on a seqio task (the quickstart's job).
+
+Wires data_pipelines (seqio task, packing, deterministic batches), models
+(TransformerLM) and framework (mesh, sharded state, train loop, checkpoints),
+then writes a loss plot and `report.md` into the run directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from data_pipelines import batching, corpus, lm_data
+from experiments.configs import lm_quickstart
+from framework import config as config_lib
+from framework import mesh as mesh_lib
+from framework import metrics as metrics_lib
+from framework import trainer
+from models import transformer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """Fails fast, naming the field, before any data is read or anything compiles."""
+  config_lib.check_keys(config, lm_quickstart.get_config())
+  sizes = mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), jax.device_count())
+  req = config_lib.require
+  req(config.model.dtype in DTYPES, "model.dtype", f"{config.model.dtype!r} not in {list(DTYPES)}")
+  req(config.data.seq_len > 1, "data.seq_len", "must be > 1")
+  batch_shards = sizes["data"] * sizes["fsdp"]
+  gbs = int(config.data.global_batch_size)
+  req(gbs % batch_shards == 0, "data.global_batch_size",
+      f"{gbs} is not divisible by the data x fsdp mesh size {batch_shards}")
+  mb = int(config.trainer.num_microbatches)
+  req(mb >= 1 and gbs % mb == 0, "trainer.num_microbatches",
+      f"{mb} must divide the global batch size {gbs}")
+  req((gbs // mb) % batch_shards == 0, "trainer.num_microbatches",
+      f"each micro-batch ({gbs // mb}) must still split over {batch_shards} batch shards")
+  req(config.trainer.total_steps > 0, "trainer.total_steps", "must be positive")
+  if config.data.source == "files":
+    for field in ("train_path", "validation_path"):
+      path = config.data[field]
+      req(bool(path) and os.path.exists(path), f"data.{field}", f"file not found: {path!r}")
+  else:
+    req(config.data.source == "pydoc", "data.source",
+        f"{config.data.source!r} must be 'pydoc' or 'files'")
+  if config.data.vocab == "sentencepiece":
+    req(os.path.exists(config.data.vocab_path), "data.vocab_path",
+        f"file not found: {config.data.vocab_path!r}")
+  return sizes
+
+
+def model_config(config: ml_collections.ConfigDict) -> transformer.TransformerConfig:
+  m = config.model
+  return transformer.TransformerConfig(
+      vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers,
+      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+      d_ff=m.d_ff, max_len=config.data.seq_len, rope_theta=m.rope_theta,
+      tie_embeddings=m.tie_embeddings, dtype=DTYPES[m.dtype], remat=m.remat)
+
+
+def eval_batches_fn(arrays: dict[str, np.ndarray], global_batch: int, num_batches: int):
+  """The first `num_batches` validation batches, in order, this host's rows."""
+  n = jax.process_count()
+  per_host = global_batch // n
+  total = min(num_batches, len(next(iter(arrays.values()))) // global_batch)
+
+  def batches():
+    for b in range(total):
+      start = b * global_batch + jax.process_index() * per_host
+      yield {k: v[start:start + per_host] for k, v in arrays.items()}
+  return batches
+
+
+def plot_losses(workdir: str, unigram: float) -> str:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+  evals = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  if train:
+    ax.plot(*zip(*train), label="train loss")
+  if evals:
+    ax.plot(*zip(*evals), "o-", label="eval loss")
+  ax.axhline(unigram, color="gray", ls="--", label=f"unigram entropy {unigram:.2f}")
+  ax.set_xlabel("step")
+  ax.set_ylabel("nats / token")
+  ax.legend()
+  fig.tight_layout()
+  path = os.path.join(workdir, "loss.png")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) -> dict[str, Any]:
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  arrays = lm_data.lm_arrays_from_config(config.data)
+  gbs = int(config.data.global_batch_size)
+  train_iter = batching.BatchIterator(
+      arrays["train"], gbs, seed=int(config.seed),
+      shard_index=jax.process_index(), num_shards=jax.process_count())
+  # The trainer sees host-local batches: global batch / process count rows.
+  train_iter.global_batch_size = gbs
+  mcfg = model_config(config)
+  model = transformer.TransformerLM(mcfg)
+  result = trainer.train(
+      config, model, train_iter, workdir=workdir,
+      eval_batches=eval_batches_fn(arrays["validation"], gbs, int(config.data.eval_batches)),
+      flops_per_token=transformer.flops_per_token(mcfg, int(config.data.seq_len)),
+      **train_kwargs)
+
+  summary: dict[str, Any] = {
+      "final_step": result.final_step,
+      "preempted": result.preempted,
+      "resumed_from": result.resumed_from,
+      "params": transformer.count_params(mcfg)["total"],
+      "train_loss": result.metrics.get("loss"),
+      "eval_loss": result.eval_metrics.get("loss"),
+      "eval_accuracy": result.eval_metrics.get("accuracy"),
+  }
+  if config.data.source == "pydoc" and jax.process_index() == 0:
+    texts = corpus.read_jsonl_texts(corpus.build_pydoc_corpus(
+        os.path.expanduser(config.data.data_dir))["train"])
+    unigram = corpus.unigram_entropy_nats(texts)
+    summary["unigram_entropy"] = unigram
+    plot_losses(workdir, unigram)
+    records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    perf = [r for r in records if "perf/tokens_per_s" in r]
+    if perf:
+      summary["tokens_per_s"] = perf[-1]["perf/tokens_per_s"]
+      summary["mfu"] = perf[-1].get("perf/mfu")
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+      f.write("# LM quickstart report\n\n")
+      f.write("| figure | value |\n|---|---|\n")
+      for k, v in summary.items():
+        f.write(f"| {k} | {v if not isinstance(v, float) else f'{v:.4g}'} |\n")
+      if summary.get("eval_loss") is not None:
+        f.write(f"\nEval loss {summary['eval_loss']:.3f} nats/byte vs the corpus' byte "
+                f"unigram entropy {unigram:.3f}: the model learned "
+                f"{'beyond' if summary['eval_loss'] < unigram else 'less than'} unigram "
+                "statistics. Loss curve: loss.png.\n")
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  logging.info("summary: %s", summary)
+  return summary

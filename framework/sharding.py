@@ -1,0 +1,138 @@
+"""Logical axis names -> mesh shardings.
+
+Models name every weight axis logically (`embed`, `mlp`, `heads`, ...). The
+config holds rules that map each logical name to a mesh axis (or None for
+replicated), MaxText-style:
+
+  rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ...)
+
+Helpers here turn an abstract (eval_shape'd) train state into NamedShardings,
+so the state can be created directly in its sharded layout, and turn
+host-local numpy batches into global sharded arrays.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+Rules = Sequence[tuple[str, Any]]
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    # parameters: fsdp shards the model dimension, tensor the Megatron-style ones
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("layers", None),
+)
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def normalize_rules(rules: Any) -> tuple[tuple[str, Any], ...]:
+  """Accepts rules from a ConfigDict (lists) and returns hashable tuples."""
+  out = []
+  for item in rules:
+    if len(item) != 2:
+      raise ValueError(f"each sharding rule must be (logical_name, mesh_axes), got {item!r}")
+    name, axes = item
+    if isinstance(axes, list):
+      axes = tuple(axes)
+    out.append((str(name), axes))
+  return tuple(out)
+
+
+def _mesh_axes_size(mesh: Mesh, axes: Any) -> int:
+  if axes is None:
+    return 1
+  if isinstance(axes, str):
+    axes = (axes,)
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh, where: str) -> P:
+  """Drops mesh axes that do not divide their dimension (replicating it)."""
+  fitted = []
+  for dim, (size, axes) in enumerate(zip(shape, tuple(spec) + (None,) * len(shape))):
+    if axes is not None and size % _mesh_axes_size(mesh, axes):
+      logging.warning("sharding: %s dim %d (size %d) is not divisible by mesh axes %s; "
+                      "replicating that dimension", where, dim, size, axes)
+      axes = None
+    fitted.append(axes)
+  return P(*fitted[:len(shape)])
+
+
+def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
+  """NamedShardings for a tree of (possibly `nn.LogicallyPartitioned`) leaves."""
+  logical_specs = nn.get_partition_spec(abstract_boxed)
+  unboxed = nn.meta.unbox(abstract_boxed)
+  rules = normalize_rules(rules)
+
+  def one(path, spec, leaf):
+    mesh_spec = nn.logical_to_mesh_axes(spec, rules) if spec is not None else P()
+    mesh_spec = _fit_spec(mesh_spec, leaf.shape, mesh, jax.tree_util.keystr(path))
+    return NamedSharding(mesh, mesh_spec)
+
+  return jax.tree_util.tree_map_with_path(
+      one, logical_specs, unboxed,
+      is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def follow_param_shardings(tree: Any, params: Any, param_shardings: Any,
+                           mesh: Mesh) -> Any:
+  """Shardings for an optimizer state: leaves that mirror a parameter (same
+  path suffix and shape, e.g. Adam's mu/nu) take that parameter's sharding;
+  everything else (counts, Shampoo factor blocks, ...) is replicated."""
+  by_path = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    by_path[tuple(path)] = leaf.shape
+  shard_by_path = {tuple(p): s for p, s in
+                   jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+  lengths = sorted({len(p) for p in by_path}, reverse=True)
+  replicated = NamedSharding(mesh, P())
+
+  def one(path, leaf):
+    path = tuple(path)
+    shape = getattr(leaf, "shape", ())
+    for k in lengths:
+      if k <= len(path):
+        suffix = path[len(path) - k:]
+        if suffix in by_path and by_path[suffix] == shape:
+          return shard_by_path[suffix]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Batch dimension over (data, fsdp); the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local numpy arrays -> global arrays sharded over (data, fsdp).
+
+  Each process passes its own slice of the global batch (leading dimension
+  = global_batch / process_count); single-process this is a device_put.
+  """
+  out = {}
+  for key, value in local_batch.items():
+    value = np.asarray(value)
+    out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value)
+  return out

@@ -1,0 +1,462 @@
+"""Shampoo as an optax transformation, with the Kronecker power-iteration view.
+
+For a matrix parameter W (m x n) with gradient G, the optimal Kronecker
+approximation A (x) B of H = E[vec(G) vec(G)^T] is found by the power iteration
+A <- E[G B G^T], B <- E[G^T A G] (then normalise). One step from the identity
+gives L = E[G G^T] and R = E[G^T G], so L (x) R / tr(H) -- the *square* of
+Shampoo's classic factor product -- approximates H. Hence (Morwani et al. 2024,
+"A New Perspective on Shampoo's Preconditioner"):
+
+  * exponent="classic":  L^{-1/4} G R^{-1/4}  ~ H^{-1/4} vec(G)
+    (-1/(2k) per factor for an order-k tensor);
+  * exponent="shampoo2" (DEFAULT): L^{-1/2} G R^{-1/2} ~ H^{-1/2} vec(G),
+    Adagrad/Adam's power of H;
+  * exponent="newton":   L^{-1} G R^{-1}  ~ H^{-1} vec(G);
+  * a float: that exponent per factor.
+
+The preconditioned direction is exactly (L_e (x) R_e)^p vec(G) with
+L_e = L + epsilon lambda_max(L) I (same for R), p the exponent; its overall
+scale is set by grafting (default: Adam's per-block norm), which makes the
+tr(H) normalisation irrelevant.
+
+Factor updates (`factor_update`), EMA with beta2 (beta2 = 1: running sums):
+  * "shampoo": L <- b L + (1-b) G G^T,  R <- b R + (1-b) G^T G;
+  * "power":   L <- b L + (1-b) G R~ G^T,  R <- b R + (1-b) G^T L~ G with
+    F~ = F / (tr(F)/dim(F)) from the *previous* factors, and F~ = I while
+    tr(F) = 0 (at init). One step from zero state therefore equals Shampoo^2's
+    factors; later steps are an online power iteration toward the optimal
+    Kronecker approximation (order-k tensors: contract with all other F~_j).
+
+Everything else:
+  * Layout (`optimizers.kronecker.block_layout`): size-1 axes dropped, small
+    axes merged (merge_dims), axes longer than block_size cut into zero-padded
+    blocks; axes longer than max_precond_dim get no factor (one-sided);
+    vectors, scalars, tensors with no factor, and parameters rejected by
+    `precondition_filter(path, shape)` (e.g. embeddings) use the diagonal
+    fallback: Adam's g / (sqrt(nu_hat) + diag_eps).
+  * Grafting (graft_type): "adam" (bias-corrected RMS, no momentum), "rmsprop"
+    (no bias correction), "adagrad", "sgd" (the gradient), "none". The Shampoo
+    direction of each block is rescaled to the norm of the graft direction of
+    that block, so the whole update also has the graft's norm. Before
+    start_preconditioning_step the graft direction itself is used ("none":
+    the raw gradient).
+  * Momentum b1 (EMA, bias corrected, optional Nesterov) on the grafted
+    direction; decoupled weight decay and the learning rate in `shampoo`.
+  * Amortisation: factors updated every statistics_frequency steps; the roots
+    (all blocks of all parameters, grouped by shape and exponent so each group
+    is one batched eigh / Newton iteration) only at step
+    start_preconditioning_step and every preconditioning_frequency steps after
+    it, inside `lax.cond` (one compiled program, no recompilation).
+  * Roots: root_method="eigh" (float32 on device, or float64 on the host via
+    `jax.pure_callback` with root_float64=True, without jax_enable_x64) or
+    "newton" (coupled Newton iteration, matmuls only; needs exponent -1/p).
+    epsilon is relative to each factor's largest eigenvalue. A non-finite or
+    non-converged root keeps the previous root and adds 1 per failed factor
+    to the leaf's `failures` counter; an all-zero factor (no gradient yet)
+    also keeps the previous root but is not a failure.
+  * Statistics, roots and moments are float32 whatever the parameter dtype;
+    updates are returned in the gradient's dtype (bf16 works).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optimizers import kronecker as kr
+
+ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
+PreconditionFilter = Callable[[Tuple[Any, ...], Tuple[int, ...]], bool]
+
+GRAFT_TYPES = ("adam", "rmsprop", "adagrad", "sgd", "none")
+
+
+class ShampooLeafState(NamedTuple):
+  """Per-parameter state.
+
+  factors / roots: one (num_blocks, b, b) float32 array per merged axis, None
+    for an axis without a factor; () for the diagonal fallback.
+  nu: float32 second moment of the gradient (param shape) for the graft and
+    the diagonal fallback; None when not needed.
+  failures: int32 count of failed factor roots.
+  """
+  factors: Tuple[Optional[jax.Array], ...]
+  roots: Tuple[Optional[jax.Array], ...]
+  nu: Optional[jax.Array]
+  failures: jax.Array
+
+
+class ShampooState(NamedTuple):
+  count: jax.Array            # int32 number of updates done
+  mu: Any                     # float32 momentum (param tree) or None
+  leaves: Any                 # param tree of ShampooLeafState
+
+
+def _path_str(path) -> Tuple[Any, ...]:
+  out = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        out.append(getattr(k, attr))
+        break
+    else:
+      out.append(str(k))
+  return tuple(out)
+
+
+def embedding_filter(names: Sequence[str] = ("embed", "embedding", "wte", "wpe")
+                     ) -> PreconditionFilter:
+  """A precondition_filter that sends parameters whose path mentions one of
+  `names` (case-insensitive substring) to the diagonal fallback."""
+  names = tuple(n.lower() for n in names)
+
+  def keep(path, shape):
+    del shape
+    text = "/".join(str(p) for p in path).lower()
+    return not any(n in text for n in names)
+
+  return keep
+
+
+def resolve_exponent(exponent: Union[str, float], order: int) -> float:
+  """Per-factor exponent for a tensor with `order` factors."""
+  if isinstance(exponent, str):
+    if exponent == "shampoo2":
+      return -0.5
+    if exponent == "classic":
+      return -1.0 / (2 * max(order, 1))
+    if exponent == "newton":
+      return -1.0
+    raise ValueError(f"unknown exponent {exponent!r}")
+  return float(exponent)
+
+
+def _newton_p(e: float) -> int:
+  p = -1.0 / e
+  if e >= 0 or abs(p - round(p)) > 1e-6:
+    raise ValueError(f"root_method='newton' needs exponent -1/p, got {e}")
+  return int(round(p))
+
+
+def on_mesh_of(p, value: jax.Array) -> jax.Array:
+  """`value` replicated on p's mesh when p is a concrete mesh-sharded array.
+
+  Used by eager `init` so that factor-shaped state lives on the parameters'
+  mesh (replicated) instead of one device; param-shaped state uses
+  `jnp.zeros_like`, which keeps the parameter's sharding. Under jit (tracers)
+  `value` is returned as is: pass out_shardings to the jitted init then.
+  """
+  if isinstance(p, jax.Array) and not isinstance(p, jax.core.Tracer):
+    sh = p.sharding
+    if isinstance(sh, jax.sharding.NamedSharding):
+      return jax.device_put(value, jax.sharding.NamedSharding(
+          sh.mesh, jax.sharding.PartitionSpec()))
+  return value
+
+
+def make_layouts(tree, *, block_size, merge_dims, max_precond_dim,
+                 precondition_1d, precondition_filter):
+  """Param tree -> tree of BlockLayout (static; from shapes and paths)."""
+  def one(path, x):
+    keep = True
+    if precondition_filter is not None:
+      keep = bool(precondition_filter(_path_str(path), tuple(x.shape)))
+    return kr.block_layout(x.shape, block_size=block_size, merge_dims=merge_dims,
+                           max_precond_dim=max_precond_dim,
+                           precondition_1d=precondition_1d, precondition=keep)
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batched_roots(jobs: List[Tuple[jax.Array, jax.Array, float]], *,
+                  epsilon: float, method: str, float64: bool):
+  """Computes inverse roots for many stacked factors at once.
+
+  jobs: list of (factors (N, b, b), previous roots (N, b, b), exponent).
+  Jobs with the same (b, exponent) are concatenated and solved by one batched
+  call. Returns a list of (new roots, number of failed factors).
+  """
+  groups: Dict[Tuple[int, float], List[int]] = {}
+  for i, (f, _, e) in enumerate(jobs):
+    groups.setdefault((f.shape[-1], e), []).append(i)
+  results: List[Any] = [None] * len(jobs)
+  for (_, e), idx in groups.items():
+    stats = jnp.concatenate([jobs[i][0] for i in idx], axis=0)
+    prev = jnp.concatenate([jobs[i][1] for i in idx], axis=0)
+    if method == "eigh":
+      root, ok = kr.inverse_root_eigh(stats, e, epsilon, float64=float64)
+    elif method == "newton":
+      root, ok = kr.inverse_root_newton(stats, _newton_p(e), epsilon)
+    else:
+      raise ValueError(f"unknown root_method {method!r}")
+    empty = jnp.trace(stats, axis1=-2, axis2=-1) <= 0
+    keep = empty | ~ok
+    new = jnp.where(keep[:, None, None], prev, root)
+    fails = (~ok & ~empty).astype(jnp.int32)
+    start = 0
+    for i in idx:
+      n = jobs[i][0].shape[0]
+      results[i] = (new[start:start + n], jnp.sum(fails[start:start + n]))
+      start += n
+  return results
+
+
+def scale_by_shampoo(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    *,
+    epsilon: float = 1e-6,
+    diag_eps: float = 1e-8,
+    exponent: Union[str, float] = "shampoo2",
+    factor_update: str = "shampoo",
+    block_size: Optional[int] = 1024,
+    merge_dims: Optional[int] = None,
+    max_precond_dim: Optional[int] = None,
+    precondition_1d: bool = False,
+    precondition_filter: Optional[PreconditionFilter] = None,
+    graft_type: str = "adam",
+    graft_b2: Optional[float] = None,
+    nesterov: bool = False,
+    start_preconditioning_step: int = 1,
+    statistics_frequency: int = 1,
+    preconditioning_frequency: int = 1,
+    root_method: str = "eigh",
+    root_float64: bool = False,
+    mu_dtype: Any = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  """Shampoo's preconditioned direction (no learning rate, no weight decay).
+
+  See the module docstring for the math and every option. Returns an optax
+  transformation whose state is a `ShampooState`.
+  """
+  if graft_type not in GRAFT_TYPES:
+    raise ValueError(f"graft_type must be one of {GRAFT_TYPES}, got {graft_type!r}")
+  if factor_update not in ("shampoo", "power"):
+    raise ValueError(f"factor_update must be 'shampoo' or 'power', got {factor_update!r}")
+  if root_method not in ("eigh", "newton"):
+    raise ValueError(f"root_method must be 'eigh' or 'newton', got {root_method!r}")
+  if root_method == "newton" and not isinstance(exponent, str):
+    _newton_p(float(exponent))  # named exponents are all -1/p
+  graft_b2 = b2 if graft_b2 is None else graft_b2
+  use_momentum = not (isinstance(b1, (int, float)) and b1 == 0)
+  layouts_of = lambda tree: make_layouts(
+      tree, block_size=block_size, merge_dims=merge_dims,
+      max_precond_dim=max_precond_dim, precondition_1d=precondition_1d,
+      precondition_filter=precondition_filter)
+  needs_nu = graft_type in ("adam", "rmsprop", "adagrad")
+
+  def init_fn(params):
+    layouts = layouts_of(params)
+
+    def leaf(lay: kr.BlockLayout, p):
+      zeros_like = lambda: jnp.zeros_like(p, dtype=jnp.float32)
+      fails = on_mesh_of(p, jnp.zeros([], jnp.int32))
+      if lay.is_diagonal:
+        return ShampooLeafState((), (), zeros_like(), fails)
+      n = lay.num_blocks
+      factors = tuple(
+          on_mesh_of(p, jnp.zeros((n, b, b), jnp.float32)) if pre else None
+          for b, pre in zip(lay.block_shape, lay.preconditioned))
+      roots = tuple(
+          on_mesh_of(p, jnp.broadcast_to(jnp.eye(b, dtype=jnp.float32),
+                                         (n, b, b))) if pre else None
+          for b, pre in zip(lay.block_shape, lay.preconditioned))
+      nu = zeros_like() if needs_nu else None
+      return ShampooLeafState(factors, roots, nu, fails)
+
+    leaves = jax.tree.map(leaf, layouts, params,
+                          is_leaf=lambda x: isinstance(x, kr.BlockLayout))
+    mu = (jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params)
+          if use_momentum else None)
+    first = jax.tree.leaves(params)[:1]
+    count = jnp.zeros([], jnp.int32)
+    return ShampooState(on_mesh_of(first[0], count) if first else count,
+                        mu, leaves)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    layouts = layouts_of(updates)
+    is_lay = lambda x: isinstance(x, kr.BlockLayout)
+    lay_list, treedef = jax.tree.flatten(layouts, is_leaf=is_lay)
+    g_list = treedef.flatten_up_to(updates)
+    st_list = treedef.flatten_up_to(state.leaves)
+    count = optax.safe_int32_increment(state.count)  # t, 1-based
+    t = count.astype(jnp.float32)
+    g32 = [g.astype(jnp.float32) for g in g_list]
+
+    # 1. Diagonal second moments (graft + fallback).
+    new_nu, diag_dir = [], []
+    for lay, g, st in zip(lay_list, g32, st_list):
+      if st.nu is None:
+        new_nu.append(None)
+        diag_dir.append(None)
+        continue
+      if graft_type == "adagrad" and not lay.is_diagonal:
+        nu = st.nu + g * g
+        d = g / (jnp.sqrt(nu) + diag_eps)
+      else:
+        nu = kr.ema(st.nu, g * g, graft_b2)
+        if graft_type == "rmsprop" and not lay.is_diagonal:
+          d = g / (jnp.sqrt(nu) + diag_eps)
+        else:  # adam graft and the diagonal fallback: bias corrected
+          nu_hat = nu / (1.0 - jnp.asarray(graft_b2, jnp.float32) ** t)
+          d = g / (jnp.sqrt(nu_hat) + diag_eps)
+      new_nu.append(nu)
+      diag_dir.append(d)
+
+    # 2. Factor statistics.
+    blocks = [None if lay.is_diagonal else kr.to_blocks(g, lay)
+              for lay, g in zip(lay_list, g32)]
+
+    def new_factors(old_factors):
+      out = []
+      for lay, x, fs in zip(lay_list, blocks, old_factors):
+        if lay.is_diagonal:
+          out.append(())
+          continue
+        if factor_update == "power":
+          stats = kr.power_factor_statistics(
+              x, [None if f is None else kr.normalise_factor(f) for f in fs])
+        else:
+          stats = kr.factor_statistics(x, lay.preconditioned)
+        out.append(tuple(None if f is None else kr.ema(f, s, b2)
+                         for f, s in zip(fs, stats)))
+      return out
+
+    old_factors = [st.factors for st in st_list]
+    if statistics_frequency == 1:
+      factors = new_factors(old_factors)
+    else:
+      factors = jax.lax.cond((count - 1) % statistics_frequency == 0,
+                             new_factors, lambda f: f, old_factors)
+
+    # 3. Inverse roots, amortised.
+    old_roots = [st.roots for st in st_list]
+    old_fail = [st.failures for st in st_list]
+
+    def compute_roots(operand):
+      factors, roots, fails = operand
+      jobs, where = [], []
+      for li, (lay, fs, rs) in enumerate(zip(lay_list, factors, roots)):
+        e = resolve_exponent(exponent, lay.order)
+        for ai, (f, r) in enumerate(zip(fs, rs)):
+          if f is not None:
+            jobs.append((f, r, e))
+            where.append((li, ai))
+      res = batched_roots(jobs, epsilon=epsilon, method=root_method,
+                          float64=root_float64)
+      roots = [list(rs) for rs in roots]
+      fails = list(fails)
+      for (li, ai), (r, nf) in zip(where, res):
+        roots[li][ai] = r
+        fails[li] = fails[li] + nf
+      return [tuple(rs) for rs in roots], fails
+
+    def keep_roots(operand):
+      _, roots, fails = operand
+      return list(roots), list(fails)
+
+    due = (count >= start_preconditioning_step) & (
+        (count - start_preconditioning_step) % preconditioning_frequency == 0)
+    if any(not lay.is_diagonal for lay in lay_list):
+      roots, fails = jax.lax.cond(due, compute_roots, keep_roots,
+                                  (factors, old_roots, old_fail))
+    else:
+      roots, fails = old_roots, old_fail
+
+    # 4. Preconditioned, grafted direction.
+    preconditioning = count >= start_preconditioning_step
+    directions = []
+    for lay, g, x, rs, d in zip(lay_list, g32, blocks, roots, diag_dir):
+      if lay.is_diagonal:
+        directions.append(d)
+        continue
+      graft = {"sgd": g, "none": None}.get(graft_type, d)
+      y = kr.mode_product(x, rs)
+      if graft is not None:
+        gb = kr.to_blocks(graft, lay)
+        axes = tuple(range(1, gb.ndim))
+        gn = jnp.sqrt(jnp.sum(gb * gb, axis=axes, keepdims=True))
+        yn = jnp.sqrt(jnp.sum(y * y, axis=axes, keepdims=True))
+        y = y * jnp.where(yn > 0, gn / jnp.where(yn > 0, yn, 1.0), 0.0)
+      y = kr.from_blocks(y, lay)
+      fallback = g if graft is None else graft
+      directions.append(jnp.where(preconditioning, y, fallback))
+
+    # 5. Momentum.
+    if use_momentum:
+      mu_list = treedef.flatten_up_to(state.mu)
+      b1f = jnp.asarray(b1, jnp.float32)
+      new_mu, outs = [], []
+      for m, u in zip(mu_list, directions):
+        m32 = b1f * m.astype(jnp.float32) + (1.0 - b1f) * u
+        if nesterov:
+          o = (b1f * m32 / (1.0 - b1f ** (t + 1.0))
+               + (1.0 - b1f) * u / (1.0 - b1f ** t))
+        else:
+          o = m32 / (1.0 - b1f ** t)
+        new_mu.append(m32.astype(mu_dtype))
+        outs.append(o)
+      mu = treedef.unflatten(new_mu)
+    else:
+      mu, outs = None, directions
+
+    outs = [o.astype(g.dtype) for o, g in zip(outs, g_list)]
+    leaves = [ShampooLeafState(tuple(f), tuple(r), nu, fl)
+              for f, r, nu, fl in zip(factors, roots, new_nu, fails)]
+    return (treedef.unflatten(outs),
+            ShampooState(count, mu, treedef.unflatten(leaves)))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def shampoo(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    weight_decay: float = 0.0,
+    *,
+    weight_decay_mask: Any = None,
+    epsilon: float = 1e-6,
+    diag_eps: float = 1e-8,
+    exponent: Union[str, float] = "shampoo2",
+    factor_update: str = "shampoo",
+    block_size: Optional[int] = 1024,
+    merge_dims: Optional[int] = None,
+    max_precond_dim: Optional[int] = None,
+    precondition_1d: bool = False,
+    precondition_filter: Optional[PreconditionFilter] = None,
+    graft_type: str = "adam",
+    graft_b2: Optional[float] = None,
+    nesterov: bool = False,
+    start_preconditioning_step: int = 1,
+    statistics_frequency: int = 1,
+    preconditioning_frequency: int = 1,
+    root_method: str = "eigh",
+    root_float64: bool = False,
+    mu_dtype: Any = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  """Shampoo with decoupled weight decay and a learning rate (float or schedule).
+
+  update = -learning_rate * (scale_by_shampoo direction + weight_decay * param)
+
+  The other arguments are those of `scale_by_shampoo`. learning_rate,
+  weight_decay, b1, b2 can be injected with `optax.inject_hyperparams`.
+  """
+  parts = [scale_by_shampoo(
+      b1, b2, epsilon=epsilon, diag_eps=diag_eps, exponent=exponent,
+      factor_update=factor_update, block_size=block_size,
+      merge_dims=merge_dims, max_precond_dim=max_precond_dim,
+      precondition_1d=precondition_1d,
+      precondition_filter=precondition_filter, graft_type=graft_type,
+      graft_b2=graft_b2, nesterov=nesterov,
+      start_preconditioning_step=start_preconditioning_step,
+      statistics_frequency=statistics_frequency,
+      preconditioning_frequency=preconditioning_frequency,
+      root_method=root_method, root_float64=root_float64, mu_dtype=mu_dtype)]
+  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)
