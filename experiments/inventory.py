@@ -57,32 +57,45 @@ def _prior_lead_time_table(products, num_lags):
 
 
 def _make_data(cfg, rng, key):
+  """Traces, and the noisy-newsvendor history replayed in chunks of
+  `test_weeks` weeks (one compiled program for the whole history)."""
   d = cfg.data
-  num_lags = d.num_lags
+  num_lags, chunk = d.num_lags, d.test_weeks
+  if d.history_weeks % chunk:
+    raise ValueError("history_weeks must be a multiple of test_weeks")
   products = inv_data.make_products(rng, d.num_products)
   traces = inv_data.make_traces(rng, products, d.history_weeks + d.test_weeks,
                                 horizon=num_lags)
-  exog_hist = sim.exog_from_traces(traces, 0, d.history_weeks)
-  exog_test = sim.exog_from_traces(traces, d.history_weeks, None)
   static_prior = sim.make_static(products, _prior_lead_time_table(products, num_lags))
   mult = jnp.asarray(rng.uniform(0.8, 1.4, d.num_products), jnp.float32)
-  state0 = sim.init_state(d.num_products, num_lags, 2.0 * products.scale)
-  k1, k2 = jax.random.split(key)
+  state = sim.init_state(d.num_products, num_lags, 2.0 * products.scale)
   hist_fn = jax.jit(lambda ex, k, st: sim.collect_history(
       ex, static_prior, k, gamma=cfg.gamma, num_lags=num_lags, multipliers=mult,
       noise=d.behaviour_noise, state=st))
-  state_t, hist, feats = hist_fn(exog_hist, k1, state0)
-  _, hist_test, feats_test = hist_fn(exog_test, k2, state_t)
-  order = np.asarray(hist.order)
-  rho = np.asarray(hist.rho)
+  states, outs, feats = [], [], []
+  for c, start in enumerate(range(0, d.history_weeks + d.test_weeks, chunk)):
+    states.append(state)
+    exog = sim.exog_from_traces(traces, start, start + chunk)
+    state, o, f = hist_fn(exog, jax.random.fold_in(key, c), state)
+    outs.append(o)
+    feats.append(np.asarray(f))
+  cat = lambda *a: np.concatenate([np.asarray(x) for x in a], axis=1)
+  nh = d.history_weeks // chunk
+  hist = jax.tree_util.tree_map(cat, *outs[:nh])
+  hist_test = outs[nh]
+  order, rho = np.asarray(hist.order), np.asarray(hist.rho)
   # Lead-time model from orders whose arrivals are complete within the window.
   complete = np.arange(d.history_weeks)[None] < d.history_weeks - num_lags
   lt_table = sim.lead_time_table(np.where(complete, order, 0.0), rho, num_lags)
   static = sim.make_static(products, lt_table)
-  return dict(products=products, traces=traces, exog_hist=exog_hist, exog_test=exog_test,
-              static=static, state_test=state_t, hist=hist, feats=np.asarray(feats),
-              hist_test=hist_test, feats_test=np.asarray(feats_test), complete=complete,
-              state0=state0)
+  return dict(products=products, traces=traces, static=static,
+              exog_hist=sim.exog_from_traces(traces, 0, d.history_weeks),
+              exog_test=sim.exog_from_traces(traces, d.history_weeks, None),
+              # Last history chunk (tuning window) and the held-out window.
+              exog_tune=sim.exog_from_traces(traces, d.history_weeks - chunk, d.history_weeks),
+              state_tune=states[nh - 1], state_test=states[nh],
+              hist=hist, feats=np.concatenate(feats[:nh], axis=1), hist_test=hist_test,
+              feats_test=feats[nh], complete=complete)
 
 
 def _order_dataset(data, cfg, rng):
@@ -109,7 +122,8 @@ def _train_genqot(cfg, train, test, key, writer, step0=0):
   g = cfg.genqot
   model = gq.GenQOT(num_lags=cfg.data.num_lags, hidden=g.hidden)
   k_init, key = jax.random.split(key)
-  params = model.init(k_init, jnp.asarray(train["x"][:2]), jnp.asarray(train["rho"][:2]))
+  params = jax.jit(model.init)(k_init, jnp.asarray(train["x"][:2]),
+                               jnp.asarray(train["rho"][:2]))
   sched = optax.warmup_cosine_decay_schedule(0.0, g.learning_rate, min(100, g.steps // 10 + 1),
                                              g.steps, g.learning_rate * 0.05)
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))
@@ -185,8 +199,25 @@ def _evaluate_arrival_models(cfg, model, params, train, test, static, key):
 # ----------------------------------------------------------------------------
 
 
-def _train_policy(cfg, name, arrival_fn, data, key, writer, step0):
-  """Maximises the normalised discounted return over the history weeks."""
+ARRIVAL_MODES = ("genqot", "lead_time", "true")
+
+
+def _arrival_fns(model, gq_params, num_lags):
+  return [sim.genqot_arrivals(model, gq_params), sim.lead_time_arrivals(num_lags),
+          sim.true_arrivals(num_lags)]
+
+
+def _mixed_policy(net, gamma, spec):
+  """spec = {"net": params, "mult": m, "use_net": 0/1}: the neural policy or
+  the newsvendor with multiplier m (one compiled simulator for both)."""
+  nv = sim.newsvendor_policy(gamma, spec["mult"])
+  nn_pol = sim.neural_policy(net, spec["net"], gamma)
+  return lambda obs: jnp.where(spec["use_net"] > 0, nn_pol(obs), nv(obs))
+
+
+def _train_policies(cfg, arrival_fns, data, key, writer, step0):
+  """Trains one neural policy per simulator mode by maximising the
+  normalised discounted return over the history weeks (one compiled step)."""
   p = cfg.policy
   net = gq.PolicyNet(hidden=tuple(p.hidden), init_bias=0.55)
   static, exog = data["static"], data["exog_hist"]
@@ -196,69 +227,64 @@ def _train_policy(cfg, name, arrival_fn, data, key, writer, step0):
   dummy_obs = sim.Obs(inventory=jnp.zeros(()), open_orders=jnp.zeros(num_lags - 1),
                       x=jax.tree_util.tree_map(lambda a: a[0, 0], exog),
                       s=jax.tree_util.tree_map(lambda a: a[0], static))
-  k_init, key = jax.random.split(key)
-  params = net.init(k_init, sim.policy_features(dummy_obs, cfg.gamma))
+  feats0 = sim.policy_features(dummy_obs, cfg.gamma)
   opt = optax.chain(optax.clip_by_global_norm(p.grad_clip),
                     optax.adam(optax.cosine_decay_schedule(p.learning_rate, p.steps, 0.1)))
-  opt_state = opt.init(params)
 
-  def objective(prm, k, idx, inv0):
+  def objective(prm, k, idx, inv0, mode):
     ex = sim.take_products(exog, idx)
     st = sim.take_products(static, idx)
-    _, outs = sim.simulate(sim.neural_policy(net, prm, cfg.gamma), arrival_fn, ex, st, k,
+    _, outs = sim.simulate(sim.neural_policy(net, prm, cfg.gamma),
+                           sim.switch_arrivals(arrival_fns, mode), ex, st, k,
                            sim.init_state(b, num_lags, inv0))
     ret = sim.discounted_return(outs.reward, cfg.gamma) / (st.base_price * st.scale)
     return -jnp.mean(ret)
 
   @jax.jit
-  def step(prm, s, k, idx, inv0):
-    loss, grads = jax.value_and_grad(objective)(prm, k, idx, inv0)
+  def step(prm, s, k, idx, inv0, mode):
+    loss, grads = jax.value_and_grad(objective)(prm, k, idx, inv0, mode)
     updates, s = opt.update(grads, s, prm)
     return optax.apply_updates(prm, updates), s, loss
 
-  rng = np.random.default_rng(cfg.seed + 2)
+  modes = list(ARRIVAL_MODES) if p.train_oracle else list(ARRIVAL_MODES[:2])
   scale = np.asarray(static.scale)
-  prog = Progress(p.steps, f"policy_{name}", every_s=10.0)
-  curve = []
-  for i in range(p.steps):
-    idx = rng.choice(n, b, replace=False)
-    inv0 = scale[idx] * rng.uniform(0.0, 3.0, b)
-    key, k = jax.random.split(key)
-    params, opt_state, loss = step(params, opt_state, k, jnp.asarray(idx),
-                                   jnp.asarray(inv0, jnp.float32))
-    curve.append(-float(loss))
-    if (i + 1) % cfg.log_every == 0 or i + 1 == p.steps:
-      writer.write(step0 + i + 1, {f"policy/{name}/train_return_norm": -float(loss)})
-    prog.update(1, ret=-float(loss))
-  return net, params, curve
+  result, curves, timings = {}, {}, {}
+  for m_i, mode in enumerate(modes):
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed + 2)  # same product batches for every mode
+    k_mode = jax.random.fold_in(key, m_i)
+    params = jax.jit(net.init)(jax.random.fold_in(k_mode, 10**6), feats0)
+    opt_state = opt.init(params)
+    prog = Progress(p.steps, f"policy[{mode} sim]", every_s=10.0)
+    curve = []
+    mode_idx = jnp.int32(ARRIVAL_MODES.index(mode))
+    for i in range(p.steps):
+      idx = rng.choice(n, b, replace=False)
+      inv0 = scale[idx] * rng.uniform(0.0, 3.0, b)
+      params, opt_state, loss = step(params, opt_state, jax.random.fold_in(k_mode, i),
+                                     jnp.asarray(idx), jnp.asarray(inv0, jnp.float32), mode_idx)
+      curve.append(-float(loss))
+      if (i + 1) % cfg.log_every == 0 or i + 1 == p.steps:
+        writer.write(step0 + m_i * p.steps + i + 1,
+                     {f"policy/{mode}/train_return_norm": float(np.mean(curve[-cfg.log_every:]))})
+      prog.update(1, ret=-float(loss))
+    result[mode], curves[mode] = params, curve
+    timings[f"policy training ({mode} sim)"] = time.perf_counter() - t0
+  return net, result, curves, timings
 
 
 class _Backtester:
-  """Jitted backtests, compiled once per (policy kind, arrival model, shapes).
+  """One jitted simulator for every policy spec and arrival mode."""
 
-  A policy is ("newsvendor", multiplier) or ("neural", (net, params)).
-  """
+  def __init__(self, net, gamma, arrival_fns):
+    def f(spec, mode, exog, static, state, key):
+      pol = _mixed_policy(net, gamma, spec)
+      return sim.simulate(pol, sim.switch_arrivals(arrival_fns, mode), exog, static, key,
+                          state)[1]
+    self._f = jax.jit(f)
 
-  def __init__(self, gamma, arrivals):
-    self.gamma = gamma
-    self.arrivals = arrivals
-    self._cache = {}
-
-  def __call__(self, policy, arrival, exog, static, state, key):
-    kind, prm = policy
-    net = None
-    if kind == "neural":
-      net, prm = prm
-    ck = (kind, net, arrival)
-    if ck not in self._cache:
-      def f(prm, exog, static, state, key):
-        if kind == "newsvendor":
-          pol = sim.newsvendor_policy(self.gamma, prm)
-        else:
-          pol = sim.neural_policy(net, prm, self.gamma)
-        return sim.simulate(pol, self.arrivals[arrival], exog, static, key, state)[1]
-      self._cache[ck] = jax.jit(f)
-    return self._cache[ck](prm, exog, static, state, key)
+  def __call__(self, spec, mode, exog, static, state, key):
+    return self._f(spec, jnp.int32(ARRIVAL_MODES.index(mode)), exog, static, state, key)
 
 
 def _paired(ret_a, ret_b):
@@ -468,45 +494,40 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.write(cfg.genqot.steps, {k: v for k, v in res.items() if "/" in k})
   _plot_arrivals(workdir, arrival_metrics, samples, test, num_lags)
 
-  arrivals = {"genqot": sim.genqot_arrivals(model, gq_params),
-              "lead_time": sim.lead_time_arrivals(num_lags),
-              "true": sim.true_arrivals(num_lags)}
+  arrival_fns = _arrival_fns(model, gq_params, num_lags)
+  scale = np.asarray(data["products"].scale)
 
-  backtest = _Backtester(gamma, arrivals)
-  # Baselines: newsvendor, and its multiplier tuned in the Gen-QOT simulator.
+  net, trained, curves, t_train = _train_policies(cfg, arrival_fns, data, k_pol, writer,
+                                                  step0=cfg.genqot.steps)
+  timings.update(t_train)
+  backtest = _Backtester(net, gamma, arrival_fns)
+  zero_net = jax.tree_util.tree_map(jnp.zeros_like, trained["genqot"])
+  nv_spec = lambda m: {"net": zero_net, "mult": jnp.float32(m), "use_net": jnp.float32(0)}
+
+  # Newsvendor multiplier tuned in the Gen-QOT simulator on the last history
+  # chunk (from the historical state at its start).
   t0 = time.perf_counter()
+  norm = np.asarray(static.base_price) * scale
   tune_vals = []
-  scale = jnp.asarray(data["products"].scale)
-  norm = static.base_price * scale
   for m in cfg.policy.tune_multipliers:
-    outs = backtest(("newsvendor", jnp.float32(m)), "genqot", data["exog_hist"], static,
-                    data["state0"], k_pol)
-    tune_vals.append(float(jnp.mean(sim.discounted_return(outs.reward, gamma) / norm)))
+    outs = backtest(nv_spec(m), "genqot", data["exog_tune"], static, data["state_tune"], k_pol)
+    tune_vals.append(float(np.mean(np.asarray(sim.discounted_return(outs.reward, gamma)) / norm)))
   tuned_mult = float(cfg.policy.tune_multipliers[int(np.argmax(tune_vals))])
   timings["base-stock tuning"] = time.perf_counter() - t0
-  policies = {"newsvendor": ("newsvendor", jnp.float32(1.0)),
-              "newsvendor_tuned": ("newsvendor", jnp.float32(tuned_mult))}
 
-  curves = {}
-  train_sets = [("genqot", arrivals["genqot"]), ("lead_time", arrivals["lead_time"])]
-  if cfg.policy.train_oracle:
-    train_sets.append(("true", arrivals["true"]))
-  for i, (name, arr) in enumerate(train_sets):
-    t0 = time.perf_counter()
-    net, params, curves[name] = _train_policy(
-        cfg, name, arr, data, jax.random.fold_in(k_pol, i), writer,
-        step0=cfg.genqot.steps + i * cfg.policy.steps)
-    policies[f"policy_{name}"] = ("neural", (net, params))
-    timings[f"policy training ({name} sim)"] = time.perf_counter() - t0
+  policies = {"newsvendor": nv_spec(1.0), "newsvendor_tuned": nv_spec(tuned_mult)}
+  for mode, prm in trained.items():
+    policies[f"policy_{mode}"] = {"net": prm, "mult": jnp.float32(1.0),
+                                  "use_net": jnp.float32(1)}
 
   # Held-out backtests.
   t0 = time.perf_counter()
   table, rets, outs_by_name = {}, {}, {}
-  for name, pol in policies.items():
+  for name, spec in policies.items():
     row = {}
-    for sim_name, arr in (("true", "true"), ("genqot_sim", "genqot"),
-                          ("lead_time_sim", "lead_time")):
-      outs = backtest(pol, arr, exog_test, static, state_test, k_bt)
+    for sim_name, mode in (("true", "true"), ("genqot_sim", "genqot"),
+                           ("lead_time_sim", "lead_time")):
+      outs = backtest(spec, mode, exog_test, static, state_test, k_bt)
       row[sim_name] = sim.summarize(outs, gamma, scale)
       if sim_name == "true":
         rets[name] = np.asarray(sim.discounted_return(outs.reward, gamma))
@@ -516,8 +537,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     table[name]["diff_mean"], table[name]["diff_se"] = _paired(rets[name], rets["newsvendor"])
   hind = []
   for m in cfg.policy.tune_multipliers:
-    outs = backtest(("newsvendor", jnp.float32(m)), "true", exog_test, static, state_test, k_bt)
-    hind.append(float(jnp.mean(sim.discounted_return(outs.reward, gamma))))
+    outs = backtest(nv_spec(m), "true", exog_test, static, state_test, k_bt)
+    hind.append(float(np.mean(np.asarray(sim.discounted_return(outs.reward, gamma)))))
   hindsight = {"mult": float(cfg.policy.tune_multipliers[int(np.argmax(hind))]),
                "return": max(hind)}
   timings["backtests"] = time.perf_counter() - t0
@@ -545,10 +566,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   timings["total"] = time.perf_counter() - t_all
   for k, v in timings.items():
     res[f"runtime/{k}"] = v
-  final_step = cfg.genqot.steps + len(train_sets) * cfg.policy.steps + 1
+  final_step = cfg.genqot.steps + len(trained) * cfg.policy.steps + 1
   writer.write(final_step, {k: v for k, v in res.items() if isinstance(v, (int, float))})
   writer.close()
-  _plot_backtest(workdir, table, curves, outs_by_name, np.asarray(scale))
+  _plot_backtest(workdir, table, curves, outs_by_name, scale)
   _write_report(workdir, cfg, res, table, arrival_metrics, truth, timings, tuned_mult, hindsight)
   with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(res, f, indent=1, sort_keys=True)

@@ -64,9 +64,8 @@ class Checkpointer:
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract_state, shardings)
-    items = self.manager.item_metadata(step)
+    has_data = os.path.isdir(os.path.join(self.directory, str(int(step)), "data"))
     args = {"state": ocp.args.StandardRestore(target)}
-    has_data = items is not None and "data" in items and items["data"] is not None
     if has_data:
       args["data"] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))

@@ -36,32 +36,40 @@ REMAIN_TOL = 1e-4    # r_j below this: the order is complete, lag j is not model
 
 
 class StepDist(NamedTuple):
-  """p(u_j | ...): probabilities over {zero, full, partial} and a Beta."""
+  """p(u_j | ...): probabilities over {zero, full, partial} and a Kumaraswamy.
+
+  The partial fraction u ~ Kumaraswamy(a, b), density a b u^(a-1) (1 - u^a)^(b-1)
+  on (0, 1): Beta-like in shape, but with a closed-form inverse CDF, so the
+  simulator can draw it cheaply inside its vmapped scan.
+  """
   logits: jax.Array   # (..., 3)
-  alpha: jax.Array    # (...)
-  beta: jax.Array     # (...)
+  a: jax.Array        # (...)
+  b: jax.Array        # (...)
 
   def log_prob(self, u: jax.Array) -> jax.Array:
     logp = jax.nn.log_softmax(self.logits, axis=-1)
     is_zero = u < ZERO_TOL
     is_full = u > 1.0 - FULL_TOL
     uc = jnp.clip(u, FULL_TOL, 1.0 - FULL_TOL)
-    log_beta = ((self.alpha - 1) * jnp.log(uc) + (self.beta - 1) * jnp.log1p(-uc)
-                + gammaln(self.alpha + self.beta) - gammaln(self.alpha)
-                - gammaln(self.beta))
+    log_ua = self.a * jnp.log(uc)
+    log_k = (jnp.log(self.a) + jnp.log(self.b) + (self.a - 1.0) * jnp.log(uc)
+             + (self.b - 1.0) * jnp.log1p(-jnp.exp(log_ua)))
     return jnp.where(is_zero, logp[..., 0],
-                     jnp.where(is_full, logp[..., 1], logp[..., 2] + log_beta))
+                     jnp.where(is_full, logp[..., 1], logp[..., 2] + log_k))
 
   def sample(self, key: jax.Array) -> jax.Array:
-    k_cat, k_beta = jax.random.split(key)
+    k_cat, k_u = jax.random.split(key)
     cat = jax.random.categorical(k_cat, self.logits, axis=-1)
-    part = jax.random.beta(k_beta, self.alpha, self.beta)
+    v = jax.random.uniform(k_u, self.a.shape, minval=1e-6, maxval=1.0 - 1e-6)
+    part = (-jnp.expm1(jnp.log1p(-v) / self.b)) ** (1.0 / self.a)
     part = jnp.clip(part, FULL_TOL, 1.0 - FULL_TOL)
     return jnp.where(cat == 0, 0.0, jnp.where(cat == 1, 1.0, part))
 
   def mean(self) -> jax.Array:
+    """E[u] = P(full) + P(partial) b B(1 + 1/a, b)."""
     p = jax.nn.softmax(self.logits, axis=-1)
-    return p[..., 1] + p[..., 2] * self.alpha / (self.alpha + self.beta)
+    log_beta = gammaln(1.0 + 1.0 / self.a) + gammaln(self.b) - gammaln(1.0 + 1.0 / self.a + self.b)
+    return p[..., 1] + p[..., 2] * self.b * jnp.exp(log_beta)
 
 
 def shares_to_fractions(rho: jax.Array):
@@ -73,65 +81,84 @@ def shares_to_fractions(rho: jax.Array):
   return jnp.clip(u, 0.0, 1.0), remaining, mask
 
 
+class _Carry(NamedTuple):
+  h: jax.Array
+  prev_u: jax.Array
+  remaining: jax.Array
+  since_last: jax.Array
+
+
+class _LagStep(nn.Module):
+  """One lag of the decoder, scanned over lags with shared parameters.
+
+  `inp` is (j, u_j, key_j): with `sampling` (a broadcast bool) u_j is drawn
+  from the predicted conditional, otherwise the data u_j is used (teacher
+  forcing).
+  """
+  num_lags: int
+  hidden: int
+  min_concentration: float
+
+  @nn.compact
+  def __call__(self, carry: _Carry, x: jax.Array, sampling: jax.Array, inp):
+    j, u_data, key = inp
+    lag = jnp.broadcast_to(jax.nn.one_hot(j, self.num_lags), x.shape[:-1] + (self.num_lags,))
+    got_any = (carry.remaining < 1.0 - ZERO_TOL).astype(x.dtype)
+    feats = jnp.concatenate(
+        [x, lag, carry.prev_u[..., None], (1.0 - carry.remaining)[..., None],
+         got_any[..., None], (carry.since_last / self.num_lags)[..., None]], axis=-1)
+    h, out = nn.GRUCell(features=self.hidden, name="cell")(carry.h, feats)
+    out = nn.Dense(self.hidden, name="head_0")(jnp.concatenate([out, x], axis=-1))
+    out = nn.Dense(5, name="head_1")(nn.gelu(out))
+    conc = jax.nn.softplus(out[..., 3:5]) + self.min_concentration
+    dist = StepDist(out[..., :3], conc[..., 0], conc[..., 1])
+    u = jnp.where(sampling, dist.sample(key), u_data)
+    arrived = u > ZERO_TOL
+    new = _Carry(h=h, prev_u=u, remaining=carry.remaining * (1.0 - u),
+                 since_last=jnp.where(arrived, 0.0, carry.since_last + 1.0))
+    return new, (dist.log_prob(u), carry.remaining * u)
+
+
 class GenQOT(nn.Module):
   """Autoregressive model of arrival shares rho (L,) given order features x."""
   num_lags: int
   hidden: int = 64
-  min_concentration: float = 0.1
+  min_concentration: float = 0.2
 
   def setup(self):
     self.encoder = nn.Sequential([nn.Dense(self.hidden), nn.gelu,
                                   nn.Dense(self.hidden), jnp.tanh])
-    self.cell = nn.GRUCell(features=self.hidden)
-    self.head = nn.Sequential([nn.Dense(self.hidden), nn.gelu, nn.Dense(5)])
+    self.decoder = nn.scan(
+        _LagStep, variable_broadcast="params", split_rngs={"params": False},
+        in_axes=(nn.broadcast, nn.broadcast, 0), out_axes=0, length=self.num_lags)(
+            num_lags=self.num_lags, hidden=self.hidden,
+            min_concentration=self.min_concentration)
 
-  def _step(self, h, x, j, prev_u, remaining, since_last):
-    lag = jnp.broadcast_to(jax.nn.one_hot(j, self.num_lags),
-                           x.shape[:-1] + (self.num_lags,))
-    got_any = (remaining < 1.0 - ZERO_TOL).astype(x.dtype)
-    inp = jnp.concatenate(
-        [x, lag, prev_u[..., None], (1.0 - remaining)[..., None],
-         got_any[..., None], (since_last / self.num_lags)[..., None]], axis=-1)
-    h, out = self.cell(h, inp)
-    out = self.head(jnp.concatenate([out, x], axis=-1))
-    conc = jax.nn.softplus(out[..., 3:5]) + self.min_concentration
-    return h, StepDist(out[..., :3], conc[..., 0], conc[..., 1])
-
-  def _unroll(self, x, next_u_fn):
-    """Runs the lags; next_u_fn(j, dist) gives u_j (data or a sample)."""
+  def _decode(self, x, u, key, sampling):
     batch = x.shape[:-1]
-    h = self.encoder(x)
-    prev_u = jnp.zeros(batch, x.dtype)
-    remaining = jnp.ones(batch, x.dtype)
-    since_last = jnp.zeros(batch, x.dtype)
-    outs = []
-    for j in range(self.num_lags):
-      h, dist = self._step(h, x, j, prev_u, remaining, since_last)
-      u = next_u_fn(j, dist)
-      outs.append((dist, u, remaining))
-      arrived = u > ZERO_TOL
-      since_last = jnp.where(arrived, 0.0, since_last + 1.0)
-      remaining = remaining * (1.0 - u)
-      prev_u = u
-    return outs
+    z = jnp.zeros(batch, x.dtype)
+    carry = _Carry(h=self.encoder(x), prev_u=z, remaining=jnp.ones(batch, x.dtype),
+                   since_last=z)
+    keys = jax.random.split(key, self.num_lags)
+    inp = (jnp.arange(self.num_lags), jnp.moveaxis(u, -1, 0), keys)
+    _, (logp, rho) = self.decoder(carry, x, jnp.asarray(sampling), inp)
+    return jnp.moveaxis(logp, 0, -1), jnp.moveaxis(rho, 0, -1)
 
   def __call__(self, x: jax.Array, rho: jax.Array) -> jax.Array:
     """Log-likelihood log p(rho | x) per order, teacher forced. x (..., C), rho (..., L)."""
     u, _, mask = shares_to_fractions(rho)
-    outs = self._unroll(x, lambda j, dist: u[..., j])
-    logp = jnp.stack([d.log_prob(uj) for d, uj, _ in outs], axis=-1)
+    logp, _ = self._decode(x, u, jax.random.PRNGKey(0), False)
     return jnp.sum(jnp.where(mask, logp, 0.0), axis=-1)
 
   def sample(self, x: jax.Array, key: jax.Array) -> jax.Array:
     """Draws rho (..., L) ~ p(. | x)."""
-    keys = jax.random.split(key, self.num_lags)
-    outs = self._unroll(x, lambda j, dist: dist.sample(keys[j]))
-    return jnp.stack([r * u for _, u, r in outs], axis=-1)
+    u0 = jnp.zeros(x.shape[:-1] + (self.num_lags,), x.dtype)
+    return self._decode(x, u0, key, True)[1]
 
-  def step_dists(self, x: jax.Array, rho: jax.Array) -> list[StepDist]:
-    """The conditionals p(u_j | u_<j, x) along a given rho (for inspection)."""
+  def step_log_probs(self, x: jax.Array, rho: jax.Array) -> jax.Array:
+    """log p(u_j | u_<j, x) for every lag (unmasked), (..., L)."""
     u, _, _ = shares_to_fractions(rho)
-    return [d for d, _, _ in self._unroll(x, lambda j, dist: u[..., j])]
+    return self._decode(x, u, jax.random.PRNGKey(0), False)[0]
 
 
 class PolicyNet(nn.Module):

@@ -164,6 +164,8 @@ def block_layout(shape: Sequence[int], *, block_size: Optional[int] = None,
 
 def to_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
   """Reshapes x (layout.shape) to stacked blocks (num_blocks, *block_shape)."""
+  if layout.num_blocks == 1 and layout.padded_shape == layout.merged_shape:
+    return x.reshape(layout.stacked_shape)
   x = x.reshape(layout.merged_shape)
   pads = [(0, p - d) for p, d in zip(layout.padded_shape, layout.merged_shape)]
   if any(hi for _, hi in pads):
@@ -179,6 +181,8 @@ def to_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
 
 def from_blocks(blocks: jax.Array, layout: BlockLayout) -> jax.Array:
   """Inverse of `to_blocks` (drops the padding)."""
+  if layout.num_blocks == 1 and layout.padded_shape == layout.merged_shape:
+    return blocks.reshape(layout.shape)
   k = len(layout.merged_shape)
   x = blocks.reshape(tuple(layout.grid) + tuple(layout.block_shape))
   perm = []
@@ -195,10 +199,31 @@ def from_blocks(blocks: jax.Array, layout: BlockLayout) -> jax.Array:
 # ----------------------------------------------------------------------------
 
 
+_HI = jax.lax.Precision.HIGHEST
+
+
 def _unfold(x: jax.Array, axis: int) -> jax.Array:
   """(N, b_1..b_k) -> (N, b_axis, prod(other b)); axis counts from 0 over b."""
   x = jnp.moveaxis(x, axis + 1, 1)
   return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _gram(x: jax.Array, axis: int) -> jax.Array:
+  """G_(axis) G_(axis)^T per block, (N, b_axis, b_axis)."""
+  if x.ndim == 3:  # matrices: no transposes
+    spec = "nij,nkj->nik" if axis == 0 else "nji,njk->nik"
+    return jnp.einsum(spec, x, x, precision=_HI)
+  u = _unfold(x, axis)
+  return jnp.matmul(u, jnp.swapaxes(u, -1, -2), precision=_HI)
+
+
+def _cross(y: jax.Array, x: jax.Array, axis: int) -> jax.Array:
+  """Y_(axis) X_(axis)^T per block."""
+  if x.ndim == 3:
+    spec = "nij,nkj->nik" if axis == 0 else "nji,njk->nik"
+    return jnp.einsum(spec, y, x, precision=_HI)
+  return jnp.matmul(_unfold(y, axis), jnp.swapaxes(_unfold(x, axis), -1, -2),
+                    precision=_HI)
 
 
 def mode_product(x: jax.Array, mats: Sequence[Optional[jax.Array]],
@@ -215,6 +240,17 @@ def mode_product(x: jax.Array, mats: Sequence[Optional[jax.Array]],
   for axis, m in enumerate(mats):
     if m is None:
       continue
+    m = m.astype(x.dtype)
+    if axis == 0:  # contract the first block axis: M x, no transposes
+      mm = jnp.swapaxes(m, -1, -2) if transpose else m
+      x = jnp.matmul(mm, x.reshape(x.shape[0], x.shape[1], -1),
+                     precision=_HI).reshape(x.shape)
+      continue
+    if axis == x.ndim - 2:  # the last block axis: x M^T
+      mt = m if transpose else jnp.swapaxes(m, -1, -2)
+      x = jnp.matmul(x.reshape(x.shape[0], -1, x.shape[-1]), mt,
+                     precision=_HI).reshape(x.shape)
+      continue
     xt = jnp.moveaxis(x, axis + 1, -1)
     shp = xt.shape
     flat = xt.reshape(shp[0], -1, shp[-1])
@@ -228,15 +264,8 @@ def mode_product(x: jax.Array, mats: Sequence[Optional[jax.Array]],
 def factor_statistics(x: jax.Array, preconditioned: Sequence[bool]
                       ) -> Tuple[Optional[jax.Array], ...]:
   """Per-axis G_(i) G_(i)^T for stacked blocks x: for a matrix (G G^T, G^T G)."""
-  out = []
-  for axis, p in enumerate(preconditioned):
-    if not p:
-      out.append(None)
-      continue
-    u = _unfold(x, axis)
-    out.append(jnp.matmul(u, jnp.swapaxes(u, -1, -2),
-                          precision=jax.lax.Precision.HIGHEST))
-  return tuple(out)
+  return tuple(_gram(x, axis) if p else None
+               for axis, p in enumerate(preconditioned))
 
 
 def power_factor_statistics(x: jax.Array,
@@ -254,9 +283,7 @@ def power_factor_statistics(x: jax.Array,
       out.append(None)
       continue
     others = [None if j == axis else m for j, m in enumerate(normalised)]
-    y = mode_product(x, others)
-    out.append(jnp.matmul(_unfold(y, axis), jnp.swapaxes(_unfold(x, axis), -1, -2),
-                          precision=jax.lax.Precision.HIGHEST))
+    out.append(_cross(mode_product(x, others), x, axis))
   return tuple(out)
 
 
@@ -282,21 +309,6 @@ def ema(old: jax.Array, new: jax.Array, decay) -> jax.Array:
 
 def symmetrize(m: jax.Array) -> jax.Array:
   return 0.5 * (m + jnp.swapaxes(m, -1, -2))
-
-
-def _np_inverse_root(mats, exponent, epsilon):
-  """float64 numpy version of `inverse_root_eigh` (for the callback)."""
-  a = np.asarray(mats, np.float64)
-  a = 0.5 * (a + np.swapaxes(a, -1, -2))
-  with np.errstate(all="ignore"):
-    try:
-      w, v = np.linalg.eigh(a)
-    except np.linalg.LinAlgError:
-      return np.full(a.shape, np.nan, np.float32)
-    wmax = np.maximum(w[..., -1:], 0.0)
-    w = np.maximum(w, 0.0) + epsilon * wmax
-    root = (v * w[..., None, :] ** exponent) @ np.swapaxes(v, -1, -2)
-  return root.astype(np.float32)
 
 
 def _np_eigh_desc(mats):
@@ -336,19 +348,21 @@ def inverse_root_eigh(mats: jax.Array, exponent: float, epsilon: float,
   Negative eigenvalues (round-off) are clipped to 0 first. Returns
   (root, ok) where ok (batch shape) is False for a non-finite result. A zero
   matrix gives a non-finite root (callers keep their previous root there).
-  float64 as in `eigh_descending`.
+  float64: the eigendecomposition runs in float64 on the host (see
+  `eigh_descending`); eigenvalues come back in float32 with float64's
+  relative accuracy (float32 eigh has absolute errors ~1e-7 lambda_max in the
+  small ones), and the root is assembled in float32.
   """
   mats = mats.astype(jnp.float32)
   if float64:
-    fn = lambda a: _np_inverse_root(a, exponent, epsilon)
-    root = jax.pure_callback(fn, jax.ShapeDtypeStruct(mats.shape, jnp.float32),
-                             mats, vmap_method="broadcast_all")
+    w, v = eigh_descending(mats, float64=True)
+    w, v = w[..., ::-1], v[..., ::-1]
   else:
     w, v = jnp.linalg.eigh(symmetrize(mats))
-    wmax = jnp.maximum(w[..., -1:], 0.0)
-    w = jnp.maximum(w, 0.0) + epsilon * wmax
-    root = jnp.matmul(v * (w ** exponent)[..., None, :], jnp.swapaxes(v, -1, -2),
-                      precision=jax.lax.Precision.HIGHEST)
+  wmax = jnp.maximum(w[..., -1:], 0.0)
+  w = jnp.maximum(w, 0.0) + epsilon * wmax
+  root = jnp.matmul(v * (w ** exponent)[..., None, :], jnp.swapaxes(v, -1, -2),
+                    precision=jax.lax.Precision.HIGHEST)
   ok = jnp.all(jnp.isfinite(root), axis=(-2, -1))
   return root, ok
 
@@ -485,10 +499,15 @@ def power_iteration_factors(grads: jax.Array, num_iters: int = 10,
   b = jnp.eye(n) if right is None else right
   a = jnp.eye(m) if left is None else left
   s = grads.shape[0]
-  for _ in range(num_iters):
+
+  def body(_, ab):
+    a, b = ab
     a = jnp.einsum("sij,jk,slk->il", grads, normalise_factor(b), grads) / s
     b = jnp.einsum("sji,jk,skl->il", grads, normalise_factor(a), grads) / s
-  return a, b
+    return a, b
+
+  return jax.lax.fori_loop(0, num_iters, body, (a.astype(grads.dtype),
+                                                b.astype(grads.dtype)))
 
 
 def kronecker_fit(h: jax.Array, a: jax.Array, b: jax.Array
@@ -516,12 +535,13 @@ def optimal_kronecker_approximation(h: jax.Array, m: int, n: int,
   vec(A), vec(B); returns (A, B) with ||B||_F = 1 and the scale in A.
   """
   r = h.reshape(m, n, m, n).transpose(0, 2, 1, 3).reshape(m * m, n * n)
-  b = jnp.eye(n).reshape(-1)
-  b = b / jnp.linalg.norm(b)
-  for _ in range(num_iters):
-    a = r @ b
-    b = r.T @ a
-    b = b / jnp.linalg.norm(b)
+  b = jnp.eye(n, dtype=h.dtype).reshape(-1)
+
+  def body(_, b):
+    b = r.T @ (r @ b)
+    return b / jnp.linalg.norm(b)
+
+  b = jax.lax.fori_loop(0, num_iters, body, b / jnp.linalg.norm(b))
   a = r @ b
   return a.reshape(m, m), b.reshape(n, n)
 

@@ -74,6 +74,17 @@ PreconditionFilter = Callable[[Tuple[Any, ...], Tuple[int, ...]], bool]
 GRAFT_TYPES = ("adam", "rmsprop", "adagrad", "sgd", "none")
 
 
+# Structural options: pass these as `static_args` to `optax.inject_hyperparams`
+# (which otherwise turns every int/float/callable argument into a traced
+# hyperparameter), e.g.
+#   optax.inject_hyperparams(shampoo, static_args=SHAMPOO_STATIC_ARGS)(lr, ...)
+SHAMPOO_STATIC_ARGS = (
+    "exponent", "block_size", "merge_dims", "max_precond_dim",
+    "precondition_filter", "start_preconditioning_step",
+    "statistics_frequency", "preconditioning_frequency", "mu_dtype",
+    "weight_decay_mask")
+
+
 class ShampooLeafState(NamedTuple):
   """Per-parameter state.
 
@@ -224,7 +235,7 @@ def scale_by_shampoo(
     preconditioning_frequency: int = 1,
     root_method: str = "eigh",
     root_float64: bool = False,
-    mu_dtype: Any = jnp.float32,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Shampoo's preconditioned direction (no learning rate, no weight decay).
 
@@ -241,6 +252,7 @@ def scale_by_shampoo(
     _newton_p(float(exponent))  # named exponents are all -1/p
   graft_b2 = b2 if graft_b2 is None else graft_b2
   use_momentum = not (isinstance(b1, (int, float)) and b1 == 0)
+  mu_dtype = jnp.float32 if mu_dtype is None else mu_dtype
   layouts_of = lambda tree: make_layouts(
       tree, block_size=block_size, merge_dims=merge_dims,
       max_precond_dim=max_precond_dim, precondition_1d=precondition_1d,
@@ -436,7 +448,7 @@ def shampoo(
     preconditioning_frequency: int = 1,
     root_method: str = "eigh",
     root_float64: bool = False,
-    mu_dtype: Any = jnp.float32,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Shampoo with decoupled weight decay and a learning rate (float or schedule).
 

@@ -40,6 +40,12 @@ from optimizers.shampoo import make_layouts
 from optimizers.shampoo import on_mesh_of
 
 
+# Structural options to pass as `static_args` to `optax.inject_hyperparams`.
+SOAP_STATIC_ARGS = (
+    "precondition_frequency", "block_size", "merge_dims", "max_precond_dim",
+    "precondition_filter", "weight_decay_mask")
+
+
 class SoapLeafState(NamedTuple):
   """Per-parameter state.
 

@@ -203,6 +203,15 @@ def fixed_lag_arrivals(lag: int, num_lags: int) -> ArrivalFn:
   return fn
 
 
+def switch_arrivals(fns, index) -> ArrivalFn:
+  """Picks one of several arrival models by a (traced, unbatched) index, so
+  one compiled simulator serves them all (`lax.switch` stays a branch under
+  the product vmap because the index is not batched)."""
+  def fn(key, order, x, s):
+    return jax.lax.switch(index, list(fns), key, order, x, s)
+  return fn
+
+
 def arrival_features(order: jax.Array, x: Exog, s: Static) -> jax.Array:
   """Gen-QOT conditioning features for one order (one product, one week)."""
   rel = jnp.log(jnp.maximum(order, 1e-3) / s.scale)
@@ -379,25 +388,27 @@ def discounted_return(rewards: jax.Array, gamma: float) -> jax.Array:
 
 
 def summarize(outs: StepOut, gamma: float, scale=None) -> dict:
-  """Per-run totals averaged over products (per product-week for flows)."""
-  ret = discounted_return(outs.reward, gamma)
-  n = ret.shape[0]
+  """Per-run figures (numpy): discounted return per product (mean, standard
+  error over products) and per product-week means of the flows."""
+  o = {k: np.asarray(v, np.float64) for k, v in outs._asdict().items() if k != "rho"}
+  t = o["reward"].shape[-1]
+  ret = np.sum(o["reward"] * gamma ** np.arange(t), axis=-1)
   res = {
-      "return_mean": float(jnp.mean(ret)),
-      "return_se": float(jnp.std(ret) / math.sqrt(n)),
-      "reward_per_week": float(jnp.mean(outs.reward)),
-      "revenue_per_week": float(jnp.mean(outs.revenue)),
-      "sales_per_week": float(jnp.mean(outs.sales)),
-      "lost_sales_per_week": float(jnp.mean(outs.lost_sales)),
-      "fill_rate": float(jnp.sum(outs.sales) / jnp.sum(outs.sales + outs.lost_sales)),
-      "inventory_per_week": float(jnp.mean(outs.inventory)),
-      "order_per_week": float(jnp.mean(outs.order)),
-      "arrivals_per_week": float(jnp.mean(outs.arrivals)),
-      "order_frequency": float(jnp.mean(outs.order > 0)),
+      "return_mean": float(ret.mean()),
+      "return_se": float(ret.std() / math.sqrt(ret.size)),
+      "reward_per_week": float(o["reward"].mean()),
+      "revenue_per_week": float(o["revenue"].mean()),
+      "sales_per_week": float(o["sales"].mean()),
+      "lost_sales_per_week": float(o["lost_sales"].mean()),
+      "fill_rate": float(o["sales"].sum() / (o["sales"] + o["lost_sales"]).sum()),
+      "inventory_per_week": float(o["inventory"].mean()),
+      "order_per_week": float(o["order"].mean()),
+      "arrivals_per_week": float(o["arrivals"].mean()),
+      "order_frequency": float((o["order"] > 0).mean()),
   }
   if scale is not None:
-    res["inventory_weeks_of_cover"] = float(jnp.mean(
-        jnp.mean(outs.inventory, -1) / scale))
+    res["inventory_weeks_of_cover"] = float(
+        np.mean(o["inventory"].mean(-1) / np.asarray(scale)))
   return res
 
 

@@ -44,8 +44,11 @@ Constructions (networks attaining gamma* exactly, from the proofs):
   Averaging over the grid cancels every term except (1/4) cos(w_j (a+b-c))
   (the grid kills every phase combination m phi_u + n phi_v with 3 not
   dividing both m and n), so f(a, b)[c] ~ sum_j cos(w_j (a + b - c)).
-* `parity_construction`: 2^k neurons u_s = s / sqrt(k) on S (sign vector s),
-  w_s = (prod s) sqrt(1/k)... scaled so that ||u|| : ||w|| = sqrt(k) : 1.
+* `parity_construction`: one neuron per sign vector s in {+-1}^k,
+  u_s = a s / sqrt(k) on S (zero elsewhere), w_s = b prod(s) (1, -1) / sqrt(2)
+  with a^2 = k / (k+1), b^2 = 1 / (k+1) (unit norm, optimal layer balance).
+  Summing over s leaves only the monomial prod_{i in S} x_i (coefficient
+  2^k k! (a / sqrt(k))^k b), so f[0] - f[1] = y * const for every x.
 * `group_construction`: for each non-trivial real irrep rho and orthonormal
   basis indices (x, y, z), neurons u(a) = rho(a)[x, y], v(b) = rho(b)[y, z],
   w(c) = +-rho(c)[x, z] (the +- pair cancels the square terms), so that
@@ -211,7 +214,6 @@ def group_construction(group: FiniteGroup,
   Its normalised margin equals group_max_margin_closed_form(G).
   """
   irreps = irreps or group_reps.real_irreps(group)
-  inv = group.inverse
   us, vs, ws = [], [], []
   for r in irreps:
     if r.is_trivial:
@@ -228,5 +230,4 @@ def group_construction(group: FiniteGroup,
             us.append(scale * m[:, x, y])
             vs.append(sign * scale * m[:, y, z])
             ws.append(sign * scale * m[:, x, z])
-  del inv
   return {"u": np.array(us), "v": np.array(vs), "w": np.array(ws)}

@@ -17,7 +17,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.num_products = 2000
-  c.data.history_weeks = 104     # training window (arrival histories + policy training).
+  c.data.history_weeks = 104     # training window (arrivals + policy training);
+                                 # a multiple of test_weeks.
   c.data.test_weeks = 52         # held-out backtest window.
   c.data.num_lags = 10           # arrival lags j = 0..L-1 (weeks).
   c.data.behaviour_noise = 0.3   # lognormal noise of historical orders.
@@ -43,7 +44,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
   if variant == "tiny":
     c.data.num_products = 64
-    c.data.history_weeks = 40
+    c.data.history_weeks = 32
     c.data.test_weeks = 16
     c.data.num_lags = 8
     c.genqot.hidden = 16
