@@ -18,7 +18,7 @@ Config (ml_collections.ConfigDict; defaults in `default_config()`):
   model.{width, activation ("quadratic" | "power" | "relu"), init_scale}
   train.{steps, optimizer ("adam" | "normalized_gd" | "sgd"), lr, lr_end
          (cosine), b2, eps, batch_size (0: full batch), lambda_start,
-         lambda_end, lambda_hold, log_objective, log_every, early_log_every,
+         lambda_end, lambda_hold, lambda_decay_end, log_objective, log_every, early_log_every,
          early_steps, seed}
   analysis.active_fraction: neurons with ||theta_i||^nu below this fraction
     of the largest are "inactive" (they keep random directions and carry no
@@ -126,13 +126,16 @@ class TrainState(NamedTuple):
 
 
 def lambda_at(step, tc) -> jax.Array:
-  """lambda_t: held at lambda_start for lambda_hold * steps, then geometric.
+  """lambda_t: lambda_start until lambda_hold * steps, then geometric decay
+  to lambda_end at lambda_decay_end * steps, then constant (so that the
+  optimiser can settle at the final lambda while the lr decays).
 
   Works on traced steps (inside jit) and on numpy scalars (for logging).
   """
   hold = tc.lambda_hold * tc.steps
+  end = tc.lambda_decay_end * tc.steps
   xp = np if isinstance(step, (np.generic, np.ndarray, int, float)) else jnp
-  frac = xp.clip((step - hold) / max(tc.steps - hold, 1), 0.0, 1.0)
+  frac = xp.clip((step - hold) / max(end - hold, 1), 0.0, 1.0)
   return tc.lambda_start * (tc.lambda_end / tc.lambda_start) ** frac
 
 
@@ -550,6 +553,7 @@ def default_config() -> ml_collections.ConfigDict:
       batch_size=0,           # 0: full batch
       # lambda_t: held for lambda_hold * steps, then geometric decay.
       lambda_start=1e-3, lambda_end=1e-30, lambda_hold=0.0,
+      lambda_decay_end=1.0,
       log_objective=True,     # minimise log(CE + lambda R): same minimisers.
       log_every=500,
       # Denser logging at the start (one extra compile for the chunk size).

@@ -221,9 +221,10 @@ def _train_policies(cfg, arrival_fns, data, key, writer, step0):
   p = cfg.policy
   net = gq.PolicyNet(hidden=tuple(p.hidden), init_bias=0.55)
   static, exog = data["static"], data["exog_hist"]
-  n = static.scale.shape[0]
+  n, t_hist = exog.demand.shape
   num_lags = cfg.data.num_lags
   b = min(p.batch_products, n)
+  win = min(p.window_weeks, t_hist)
   dummy_obs = sim.Obs(inventory=jnp.zeros(()), open_orders=jnp.zeros(num_lags - 1),
                       x=jax.tree_util.tree_map(lambda a: a[0, 0], exog),
                       s=jax.tree_util.tree_map(lambda a: a[0], static))
@@ -231,8 +232,10 @@ def _train_policies(cfg, arrival_fns, data, key, writer, step0):
   opt = optax.chain(optax.clip_by_global_norm(p.grad_clip),
                     optax.adam(optax.cosine_decay_schedule(p.learning_rate, p.steps, 0.1)))
 
-  def objective(prm, k, idx, inv0, mode):
-    ex = sim.take_products(exog, idx)
+  def objective(prm, k, idx, start, inv0, mode):
+    # A random window of `win` history weeks for a random batch of products.
+    ex = jax.tree_util.tree_map(
+        lambda a: jax.lax.dynamic_slice_in_dim(a[idx], start, win, axis=1), exog)
     st = sim.take_products(static, idx)
     _, outs = sim.simulate(sim.neural_policy(net, prm, cfg.gamma),
                            sim.switch_arrivals(arrival_fns, mode), ex, st, k,
@@ -241,8 +244,8 @@ def _train_policies(cfg, arrival_fns, data, key, writer, step0):
     return -jnp.mean(ret)
 
   @jax.jit
-  def step(prm, s, k, idx, inv0, mode):
-    loss, grads = jax.value_and_grad(objective)(prm, k, idx, inv0, mode)
+  def step(prm, s, k, idx, start, inv0, mode):
+    loss, grads = jax.value_and_grad(objective)(prm, k, idx, start, inv0, mode)
     updates, s = opt.update(grads, s, prm)
     return optax.apply_updates(prm, updates), s, loss
 
@@ -261,8 +264,10 @@ def _train_policies(cfg, arrival_fns, data, key, writer, step0):
     for i in range(p.steps):
       idx = rng.choice(n, b, replace=False)
       inv0 = scale[idx] * rng.uniform(0.0, 3.0, b)
+      start = int(rng.integers(0, t_hist - win + 1))
       params, opt_state, loss = step(params, opt_state, jax.random.fold_in(k_mode, i),
-                                     jnp.asarray(idx), jnp.asarray(inv0, jnp.float32), mode_idx)
+                                     jnp.asarray(idx), jnp.int32(start),
+                                     jnp.asarray(inv0, jnp.float32), mode_idx)
       curve.append(-float(loss))
       if (i + 1) % cfg.log_every == 0 or i + 1 == p.steps:
         writer.write(step0 + m_i * p.steps + i + 1,

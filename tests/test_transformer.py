@@ -1,0 +1,154 @@
+"""The transformer's pieces against numpy references."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from models import mlp as mlp_lib
+from models import transformer as tr
+
+CFG = tr.TransformerConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4,
+                           num_kv_heads=2, head_dim=8, d_ff=48)
+
+
+def unbox(tree):
+  return nn.meta.unbox(tree)
+
+
+def np_rope(x, pos, theta):
+  d = x.shape[-1]
+  freqs = theta ** (-np.arange(0, d // 2) * 2.0 / d)
+  ang = pos[..., None] * freqs
+  cos, sin = np.cos(ang)[:, :, None], np.sin(ang)[:, :, None]
+  x1, x2 = x[..., :d // 2], x[..., d // 2:]
+  return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+
+class TransformerTest(parameterized.TestCase):
+
+  def test_rmsnorm_matches_numpy(self):
+    x = np.random.default_rng(0).normal(size=(2, 3, 8)).astype(np.float32)
+    params = {"params": {"scale": np.linspace(0.5, 2, 8).astype(np.float32)}}
+    got = tr.RMSNorm().apply(params, x)
+    want = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6) * params["params"]["scale"]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+  def test_rope_scores_depend_only_on_relative_position(self):
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(1, 1, 1, 16)).astype(np.float32)
+    k = rng.normal(size=(1, 1, 1, 16)).astype(np.float32)
+    def score(m, n):
+      qm = tr.rope(q, jnp.array([[m]]), 10_000.0)
+      kn = tr.rope(k, jnp.array([[n]]), 10_000.0)
+      return float(jnp.sum(qm * kn))
+    self.assertAlmostEqual(score(5, 2), score(13, 10), places=4)
+    self.assertAlmostEqual(score(0, 0), float(np.sum(q * k)), places=5)
+    self.assertNotAlmostEqual(score(5, 2), score(5, 4), places=3)
+
+  def test_attention_matches_numpy_reference(self):
+    rng = np.random.default_rng(2)
+    b, t = 2, 6
+    x = rng.normal(size=(b, t, CFG.d_model)).astype(np.float32)
+    pos = np.array([[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5]])
+    seg = np.array([[1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1]])
+    attn = tr.Attention(CFG)
+    params = unbox(attn.init(jax.random.PRNGKey(0), x, pos, seg))
+    got = np.asarray(attn.apply(params, x, pos, seg))
+    p = jax.tree.map(np.asarray, params["params"])
+    q = np_rope(np.einsum("btd,dnh->btnh", x, p["wq"]), pos, CFG.rope_theta)
+    k = np_rope(np.einsum("btd,dkh->btkh", x, p["wk"]), pos, CFG.rope_theta)
+    v = np.einsum("btd,dkh->btkh", x, p["wv"])
+    group = CFG.num_heads // CFG.num_kv_heads
+    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)  # GQA: shared kv heads
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(CFG.head_dim)
+    mask = np.tril(np.ones((t, t), bool))[None] & (seg[:, :, None] == seg[:, None, :])
+    scores = np.where(mask[:, None], scores, -np.inf)
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    out = np.einsum("bnts,bsnh->btnh", w, v)
+    want = np.einsum("btnh,nhd->btd", out, p["wo"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+  def test_packed_segments_do_not_see_each_other(self):
+    model = tr.TransformerLM(CFG)
+    rng = np.random.default_rng(3)
+    a = rng.integers(3, 64, size=(1, 5))
+    b = rng.integers(3, 64, size=(1, 4))
+    packed = np.concatenate([a, b], 1)
+    seg = np.array([[1] * 5 + [2] * 4])
+    pos = np.array([list(range(5)) + list(range(4))])
+    params = unbox(model.init(jax.random.PRNGKey(0), packed, pos, seg))
+    together = model.apply(params, packed, pos, seg)
+    alone = model.apply(params, b)
+    np.testing.assert_allclose(together[:, 5:], alone, rtol=1e-4, atol=1e-4)
+    other = packed.copy()
+    other[0, :5] = (other[0, :5] + 7) % 64
+    np.testing.assert_allclose(model.apply(params, other, pos, seg)[:, 5:], together[:, 5:],
+                               rtol=1e-5, atol=1e-5)
+
+  @parameterized.parameters(True, False)
+  def test_param_count_formula(self, tied):
+    cfg = tr.TransformerConfig(**{**CFG.__dict__, "tie_embeddings": tied})
+    params = tr.TransformerLM(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+    n = sum(x.size for x in jax.tree.leaves(unbox(params)))
+    self.assertEqual(n, tr.count_params(cfg)["total"])
+    self.assertEqual("lm_head" in params["params"], not tied)
+
+  def test_every_weight_has_logical_axes(self):
+    boxed = tr.TransformerLM(CFG).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    self.assertTrue(leaves)
+    for leaf in leaves:
+      self.assertIsInstance(leaf, nn.LogicallyPartitioned)
+      self.assertLen(leaf.names, leaf.value.ndim)
+
+  def test_bf16_compute_keeps_fp32_params_and_logits(self):
+    cfg16 = tr.TransformerConfig(**{**CFG.__dict__, "dtype": jnp.bfloat16})
+    tokens = np.random.default_rng(4).integers(0, 64, size=(2, 8))
+    params = unbox(tr.TransformerLM(CFG).init(jax.random.PRNGKey(0), tokens))
+    for leaf in jax.tree.leaves(params):
+      self.assertEqual(leaf.dtype, jnp.float32)
+    l32 = tr.TransformerLM(CFG).apply(params, tokens)
+    l16 = tr.TransformerLM(cfg16).apply(params, tokens)
+    self.assertEqual(l16.dtype, jnp.float32)
+    np.testing.assert_allclose(l16, l32, atol=0.15)
+
+  def test_loss_sums_match_numpy(self):
+    logits = np.random.default_rng(5).normal(size=(2, 3, 7)).astype(np.float32)
+    targets = np.array([[1, 2, 3], [4, 5, 6]])
+    weights = np.array([[1, 1, 0], [1, 0, 0]])
+    sums = tr.lm_loss_sums(logits, targets, weights)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    self.assertAlmostEqual(float(sums["loss"]), float((nll * weights).sum()), places=4)
+    self.assertEqual(float(sums["tokens"]), 3.0)
+
+  def test_flops_per_token_convention(self):
+    n = tr.count_params(CFG)["non_embedding"]
+    want = 6 * n + 6 * CFG.num_layers * 128 * CFG.num_heads * CFG.head_dim + 6 * 32 * 64
+    self.assertEqual(tr.flops_per_token(CFG, 128), want)
+
+
+class MLPTest(absltest.TestCase):
+
+  def test_forward_matches_numpy(self):
+    model = mlp_lib.MLP(hidden_sizes=(5, 4), num_outputs=3, activation="relu")
+    x = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
+    params = unbox(model.init(jax.random.PRNGKey(0), x))["params"]
+    h = x
+    for i in range(3):
+      h = h @ np.asarray(params[f"dense_{i}"]["kernel"]) + np.asarray(params[f"dense_{i}"]["bias"])
+      if i < 2:
+        h = np.maximum(h, 0)
+    np.testing.assert_allclose(model.apply({"params": params}, x), h, rtol=1e-5, atol=1e-6)
+    sums = model.apply({"params": params}, {"x": x, "y": np.zeros(6, np.int32)}, method="loss")
+    self.assertEqual(float(sums["tokens"]), 6.0)
+
+  def test_unknown_activation_is_rejected(self):
+    with self.assertRaisesRegex(ValueError, "unknown activation 'swish2'"):
+      mlp_lib.MLP((4,), 2, activation="swish2").init(jax.random.PRNGKey(0), np.zeros((1, 2)))
+
+
+if __name__ == "__main__":
+  absltest.main()
