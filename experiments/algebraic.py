@@ -25,7 +25,8 @@ Config (ml_collections.ConfigDict; defaults in `default_config()`):
     weight in f); feature statistics are reported for all and for active.
 
 Recipe that reaches the max margin (see report.md of each config): Adam with
-lr 1e-2 (cosine to 1e-4), lambda annealed 1e-3 -> 1e-30 over the run, and
+lr 1e-2 (cosine to 1e-4), lambda annealed 1e-5 -> 1e-30 over the first 80%
+of the run (then held while the lr decays), and
 the monotone reparametrisation log(CE + lambda R) of the objective, which
 keeps gradients O(1) while the loss falls to ~exp(-margin) and margins grow
 to ~30-80 (the finite-lambda optimum of CE is only ~1 - O(1/margin) of the
@@ -408,7 +409,7 @@ def plot_features(config, task: Task, params, stats, path: str) -> None:
     fig.colorbar(im, ax=axes[0])
     axes[0].set_xlabel("neuron (sorted by norm)")
     axes[0].set_ylabel("input coordinate")
-    axes[0].set_title(f"|u_i|, S = {list(task.support)}")
+    axes[0].set_title(f"|u_i|, S = {task.support.tolist()}")
     axes[1].bar(np.arange(len(order)), stats["_support_fraction"][order])
     axes[1].axhline(1.0, color="k", ls="--", lw=1)
     axes[1].set_xlabel("neuron (sorted by norm)")
@@ -445,7 +446,14 @@ def plot_features(config, task: Task, params, stats, path: str) -> None:
 
 
 def _fmt(x) -> str:
-  return f"{x:.6g}" if isinstance(x, float) else str(x)
+  if isinstance(x, bool):
+    return str(x)
+  if isinstance(x, float):
+    return f"{x:.6f}" if 1e-3 <= abs(x) < 1e4 else f"{x:.6g}"
+  if isinstance(x, (list, tuple)):
+    return "[" + ", ".join(f"{v:.4f}" if isinstance(v, float) else str(v)
+                           for v in x) + "]"
+  return str(x)
 
 
 def write_report(config, task: Task, history, stats, seconds: float,
@@ -552,8 +560,11 @@ def default_config() -> ml_collections.ConfigDict:
       b2=0.999, eps=1e-8,
       batch_size=0,           # 0: full batch
       # lambda_t: held for lambda_hold * steps, then geometric decay.
-      lambda_start=1e-3, lambda_end=1e-30, lambda_hold=0.0,
-      lambda_decay_end=1.0,
+      # lambda_start must be small enough that the first steps do not shrink
+      # the whole network (at p = 71, 1e-3 killed ~60% of the neurons and
+      # left some frequencies with too few to reach the max margin).
+      lambda_start=1e-5, lambda_end=1e-30, lambda_hold=0.0,
+      lambda_decay_end=0.8,
       log_objective=True,     # minimise log(CE + lambda R): same minimisers.
       log_every=500,
       # Denser logging at the start (one extra compile for the chunk size).

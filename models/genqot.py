@@ -91,17 +91,17 @@ class _Carry(NamedTuple):
 class _LagStep(nn.Module):
   """One lag of the decoder, scanned over lags with shared parameters.
 
-  `inp` is (j, u_j, key_j): with `sampling` (a broadcast bool) u_j is drawn
-  from the predicted conditional, otherwise the data u_j is used (teacher
-  forcing).
+  `inp` is (j, u_j) for teacher forcing, or (j, key_j) when `sampling`, in
+  which case u_j is drawn from the predicted conditional.
   """
   num_lags: int
   hidden: int
   min_concentration: float
+  sampling: bool = False
 
   @nn.compact
-  def __call__(self, carry: _Carry, x: jax.Array, sampling: jax.Array, inp):
-    j, u_data, key = inp
+  def __call__(self, carry: _Carry, x: jax.Array, inp):
+    j, u_or_key = inp
     lag = jnp.broadcast_to(jax.nn.one_hot(j, self.num_lags), x.shape[:-1] + (self.num_lags,))
     got_any = (carry.remaining < 1.0 - ZERO_TOL).astype(x.dtype)
     feats = jnp.concatenate(
@@ -112,11 +112,12 @@ class _LagStep(nn.Module):
     out = nn.Dense(5, name="head_1")(nn.gelu(out))
     conc = jax.nn.softplus(out[..., 3:5]) + self.min_concentration
     dist = StepDist(out[..., :3], conc[..., 0], conc[..., 1])
-    u = jnp.where(sampling, dist.sample(key), u_data)
+    u = dist.sample(u_or_key) if self.sampling else u_or_key
     arrived = u > ZERO_TOL
     new = _Carry(h=h, prev_u=u, remaining=carry.remaining * (1.0 - u),
                  since_last=jnp.where(arrived, 0.0, carry.since_last + 1.0))
-    return new, (dist.log_prob(u), carry.remaining * u)
+    out = carry.remaining * u if self.sampling else dist.log_prob(u)
+    return new, out
 
 
 class GenQOT(nn.Module):
@@ -130,35 +131,37 @@ class GenQOT(nn.Module):
                                   nn.Dense(self.hidden), jnp.tanh])
     self.decoder = nn.scan(
         _LagStep, variable_broadcast="params", split_rngs={"params": False},
-        in_axes=(nn.broadcast, nn.broadcast, 0), out_axes=0, length=self.num_lags)(
+        in_axes=(nn.broadcast, 0), out_axes=0, length=self.num_lags)(
             num_lags=self.num_lags, hidden=self.hidden,
             min_concentration=self.min_concentration)
 
-  def _decode(self, x, u, key, sampling):
+  def _carry0(self, x):
     batch = x.shape[:-1]
     z = jnp.zeros(batch, x.dtype)
-    carry = _Carry(h=self.encoder(x), prev_u=z, remaining=jnp.ones(batch, x.dtype),
-                   since_last=z)
-    keys = jax.random.split(key, self.num_lags)
-    inp = (jnp.arange(self.num_lags), jnp.moveaxis(u, -1, 0), keys)
-    _, (logp, rho) = self.decoder(carry, x, jnp.asarray(sampling), inp)
-    return jnp.moveaxis(logp, 0, -1), jnp.moveaxis(rho, 0, -1)
-
-  def __call__(self, x: jax.Array, rho: jax.Array) -> jax.Array:
-    """Log-likelihood log p(rho | x) per order, teacher forced. x (..., C), rho (..., L)."""
-    u, _, mask = shares_to_fractions(rho)
-    logp, _ = self._decode(x, u, jax.random.PRNGKey(0), False)
-    return jnp.sum(jnp.where(mask, logp, 0.0), axis=-1)
-
-  def sample(self, x: jax.Array, key: jax.Array) -> jax.Array:
-    """Draws rho (..., L) ~ p(. | x)."""
-    u0 = jnp.zeros(x.shape[:-1] + (self.num_lags,), x.dtype)
-    return self._decode(x, u0, key, True)[1]
+    return _Carry(h=self.encoder(x), prev_u=z, remaining=jnp.ones(batch, x.dtype),
+                  since_last=z)
 
   def step_log_probs(self, x: jax.Array, rho: jax.Array) -> jax.Array:
     """log p(u_j | u_<j, x) for every lag (unmasked), (..., L)."""
     u, _, _ = shares_to_fractions(rho)
-    return self._decode(x, u, jax.random.PRNGKey(0), False)[0]
+    inp = (jnp.arange(self.num_lags), jnp.moveaxis(u, -1, 0))
+    _, logp = self.decoder(self._carry0(x), x, inp)
+    return jnp.moveaxis(logp, 0, -1)
+
+  def __call__(self, x: jax.Array, rho: jax.Array) -> jax.Array:
+    """Log-likelihood log p(rho | x) per order, teacher forced. x (..., C), rho (..., L)."""
+    _, _, mask = shares_to_fractions(rho)
+    return jnp.sum(jnp.where(mask, self.step_log_probs(x, rho), 0.0), axis=-1)
+
+  def sample(self, x: jax.Array, key: jax.Array) -> jax.Array:
+    """Draws rho (..., L) ~ p(. | x) ancestrally."""
+    # The same scanned decoder with sampling switched on, bound to the
+    # teacher-forcing decoder's parameters.
+    sampler = self.decoder.clone(parent=None, sampling=True)
+    inp = (jnp.arange(self.num_lags), jax.random.split(key, self.num_lags))
+    _, rho = sampler.apply({"params": self.decoder.variables["params"]},
+                           self._carry0(x), x, inp)
+    return jnp.moveaxis(rho, 0, -1)
 
 
 class PolicyNet(nn.Module):

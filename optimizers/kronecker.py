@@ -455,12 +455,12 @@ def qr_basis_update(mats: jax.Array, basis: jax.Array
   (descending), then returns (qr(M Q_sorted).Q, order) where `order` is the
   permutation applied (callers permute per-coordinate statistics with it).
   """
-  hi = jax.lax.Precision.HIGHEST
   mats = mats.astype(jnp.float32)
-  est = jnp.einsum("...ji,...jk,...ki->...i", basis, mats, basis, precision=hi)
+  mq = jnp.matmul(mats, basis, precision=_HI)  # one product serves both uses
+  est = jnp.sum(basis * mq, axis=-2)
   order = jnp.argsort(-est, axis=-1)
-  basis = jnp.take_along_axis(basis, order[..., None, :], axis=-1)
-  q, r = jnp.linalg.qr(jnp.matmul(mats, basis, precision=hi))
+  # M (Q P) = (M Q) P for the column permutation P.
+  q, r = jnp.linalg.qr(jnp.take_along_axis(mq, order[..., None, :], axis=-1))
   # Fix the QR sign ambiguity so that Q stays close to the previous basis.
   sign = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0)
   return q * sign[..., None, :], order

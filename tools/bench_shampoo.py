@@ -1,7 +1,7 @@
 r"""Optimizer-update cost of Shampoo and SOAP relative to AdamW on a GPT-like tree.
 
   python -m tools.bench_shampoo            # ~30M parameters, block 512
-  python -m tools.bench_shampoo --small    # ~3M parameters, block 256, seconds
+  python -m tools.bench_shampoo --small    # ~4M parameters, block 256, ~1 minute
   python -m tools.bench_shampoo --d_model 768 --n_layers 12 --vocab 32768
 
 Prints, side by side, the time of one optimizer update (jitted `tx.update`,
@@ -114,7 +114,7 @@ def matmul_flops(blocks, rotations: int) -> float:
   return float(sum(2 * r * c * (r + c) * (1 + rotations) for r, c in blocks))
 
 
-def peak_gflops(b: int, n: int, reps: int = 3) -> float:
+def peak_gflops(b: int, n: int, reps: int = 5) -> float:
   """GFLOP/s of a batched jnp.dot of n (b x b) @ (b x b) blocks."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(n, b, b)), jnp.float32)
@@ -181,7 +181,7 @@ def _precondition_opt(block_size: int, frequency: int):
 def main(argv=None) -> Dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--small", action="store_true",
-                      help="~3M parameters, block 256 (seconds instead of minutes)")
+                      help="~4M parameters, block 256 (about a minute)")
   parser.add_argument("--vocab", type=int, default=None)
   parser.add_argument("--d_model", type=int, default=None)
   parser.add_argument("--n_layers", type=int, default=None)
@@ -265,9 +265,10 @@ def main(argv=None) -> Dict[str, Any]:
       line += f"{t / t_adam:>18.1f}x {t * 1e3:>6.0f}ms"
     print(line)
 
-  # Achieved matmul throughput of the plain steps.
+  # Achieved matmul throughput of the plain steps. The machine may be shared:
+  # the peak is the best of several runs, measured twice.
   n_blk = max(1, len(blocks))
-  peak = peak_gflops(bs, min(n_blk, 64))
+  peak = max(peak_gflops(bs, min(n_blk, 64)), peak_gflops(bs, min(n_blk, 64)))
   results["peak_dot_gflops"] = peak
   print(f"\nplain batched jnp.dot of {bs}x{bs} blocks: {peak:.1f} GFLOP/s")
   for n, rot in (("shampoo", 1), ("soap", 2)):

@@ -1,7 +1,7 @@
 """Modular addition mod 71 as in the paper, quadratic net.
 
 35 frequencies; 512 neurons (~15 per frequency: with 160 some frequencies
-got no neuron at initialisation and the margin stalled near 0.9 of the max).
+kept too few neurons and the margin stalled near 0.9 of the max).
 Full batch (5041 examples x 71 classes) is ~0.1-0.15 s a step on a 2-core
 CPU, so this runs for several minutes.
 """
