@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -24,7 +23,7 @@ from framework import metrics as metrics_lib
 from framework import trainer
 from models import transformer
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = transformer.DTYPES
 
 
 def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -58,12 +57,7 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 
 def model_config(config: ml_collections.ConfigDict) -> transformer.TransformerConfig:
-  m = config.model
-  return transformer.TransformerConfig(
-      vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers,
-      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
-      d_ff=m.d_ff, max_len=config.data.seq_len, rope_theta=m.rope_theta,
-      tie_embeddings=m.tie_embeddings, dtype=DTYPES[m.dtype], remat=m.remat)
+  return transformer.config_from_mapping(config.model, int(config.data.seq_len))
 
 
 def eval_batches_fn(arrays: dict[str, np.ndarray], global_batch: int, num_batches: int):

@@ -53,6 +53,20 @@ class TransformerConfig:
           f"num_kv_heads={self.num_kv_heads} for grouped-query attention")
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def config_from_mapping(m: Mapping[str, Any], seq_len: int) -> TransformerConfig:
+  """TransformerConfig from a plain mapping (e.g. `config.model`), dtype by name."""
+  if m["dtype"] not in DTYPES:
+    raise ValueError(f"model.dtype={m['dtype']!r} must be one of {list(DTYPES)}")
+  return TransformerConfig(
+      vocab_size=m["vocab_size"], d_model=m["d_model"], num_layers=m["num_layers"],
+      num_heads=m["num_heads"], num_kv_heads=m["num_kv_heads"], head_dim=m["head_dim"],
+      d_ff=m["d_ff"], max_len=seq_len, rope_theta=m["rope_theta"],
+      tie_embeddings=m["tie_embeddings"], dtype=DTYPES[m["dtype"]], remat=m["remat"])
+
+
 def _dense_init(fan_in_axes: int = 1):
   del fan_in_axes
   return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")

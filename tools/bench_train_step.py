@@ -43,7 +43,6 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
-  from experiments import lm  # pylint: disable=g-import-not-at-top
   from framework import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from framework import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from framework import optim  # pylint: disable=g-import-not-at-top
@@ -53,8 +52,8 @@ def main(argv):
   from models import transformer  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
-  lm.validate(config)
-  mcfg = lm.model_config(config)
+  mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), jax.device_count())
+  mcfg = transformer.config_from_mapping(config.model, int(config.data.seq_len))
   model = transformer.TransformerLM(mcfg)
   b, t = int(config.data.global_batch_size), int(config.data.seq_len)
   rng = np.random.default_rng(0)
