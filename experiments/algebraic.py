@@ -394,11 +394,12 @@ def plot_features(config, task: Task, params, stats, path: str) -> None:
     axes[1].set_ylabel("# active neurons")
     axes[1].set_title(f"frequencies used: {len(stats['frequencies_used'])}"
                       f"/{config.p // 2}")
-    i = order[0]
+    # Largest neuron of the lowest frequency: the easiest wave to read.
+    i = idx[0]
     a = np.arange(config.p)
     for k in ("u", "v", "w"):
       axes[2].plot(a, np.asarray(params[k])[i], "o-", ms=3, label=k)
-    axes[2].set_title(f"largest neuron: freq {spec.frequency[i]}, "
+    axes[2].set_title(f"neuron {i}: freq {spec.frequency[i]}, "
                       f"max power {spec.max_power[i]:.4f}")
     axes[2].set_xlabel("a / b / c")
     axes[2].legend()
