@@ -56,6 +56,20 @@ Everything else:
     also keeps the previous root but is not a failure.
   * Statistics, roots and moments are float32 whatever the parameter dtype;
     updates are returned in the gradient's dtype (bf16 works).
+
+Usage:
+
+  tx = shampoo(3e-4, b1=0.9, b2=0.999, weight_decay=0.1, block_size=512,
+               preconditioning_frequency=10)
+  # schedules / injection: structural options must be static
+  tx = optax.inject_hyperparams(shampoo, static_args=SHAMPOO_STATIC_ARGS)(
+      learning_rate=schedule, block_size=512)
+
+Sharding: with mesh-sharded parameters, an eager `init` puts param-shaped
+state (momentum, second moments) on the parameters' shardings and factors /
+roots replicated on their mesh. Jit the update with
+`out_shardings=(param_shardings, jax.tree.map(lambda x: x.sharding, state))`
+so the state keeps exactly these shardings (and the step compiles once).
 """
 from __future__ import annotations
 
@@ -63,7 +77,6 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optimizers import kronecker as kr
@@ -239,8 +252,32 @@ def scale_by_shampoo(
 ) -> optax.GradientTransformationExtraArgs:
   """Shampoo's preconditioned direction (no learning rate, no weight decay).
 
-  See the module docstring for the math and every option. Returns an optax
-  transformation whose state is a `ShampooState`.
+  Args:
+    b1: momentum (EMA, bias corrected) of the grafted direction; 0 disables.
+    b2: EMA decay of the Kronecker factors (1.0: running sums, Adagrad-like).
+    epsilon: ridge relative to each factor's largest eigenvalue.
+    diag_eps: epsilon of the diagonal (graft / fallback) directions.
+    exponent: "shampoo2" (-1/2 per factor), "classic" (-1/(2k)), "newton"
+      (-1) or a float per factor.
+    factor_update: "shampoo" (G G^T, G^T G) or "power" (G R~ G^T, G^T L~ G).
+    block_size: axes longer than this are cut into blocks (None: never).
+    merge_dims: merge consecutive small axes up to this product (None: no).
+    max_precond_dim: axes longer than this get no factor (one-sided).
+    precondition_1d: full-matrix factors for vectors instead of diagonal.
+    precondition_filter: (path, shape) -> bool; False = diagonal fallback.
+    graft_type: "adam", "rmsprop", "adagrad", "sgd" or "none".
+    graft_b2: decay of the diagonal second moment (default b2).
+    nesterov: Nesterov momentum.
+    start_preconditioning_step: first step (1-based) using the Shampoo
+      direction; earlier steps use the graft direction.
+    statistics_frequency: update the factors every this many steps.
+    preconditioning_frequency: recompute the roots every this many steps.
+    root_method: "eigh" or "newton".
+    root_float64: eigendecompositions in float64 on the host.
+    mu_dtype: momentum dtype (default float32).
+
+  Returns:
+    An optax transformation whose state is a `ShampooState`.
   """
   if graft_type not in GRAFT_TYPES:
     raise ValueError(f"graft_type must be one of {GRAFT_TYPES}, got {graft_type!r}")

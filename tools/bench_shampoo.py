@@ -256,28 +256,38 @@ def main(argv=None) -> Dict[str, Any]:
 
   print()
   names = [n for n in opts if n in results]
-  head = f"{'root frequency':>16}" + "".join(f"{n + ' / adamw':>26}" for n in names)
-  print(head)
+  width = [max(28, len(n) + 12) for n in names]
+  print(f"{'root frequency':>16}" + "".join(
+      f"{n + ' / adamw':>{w}}" for n, w in zip(names, width)))
   for f in freqs:
     line = f"{f:>16}"
-    for n in names:
+    for n, w in zip(names, width):
       t = results[n][f"amortised_s_f{f}"]
-      line += f"{t / t_adam:>18.1f}x {t * 1e3:>6.0f}ms"
+      line += f"{t / t_adam:.1f}x ({t * 1e3:.0f} ms)".rjust(w)
     print(line)
+  print(f"(amortised per-step update time = (t_root + (f-1) t_plain) / f; "
+        f"adamw {t_adam * 1e3:.1f} ms)")
 
   # Achieved matmul throughput of the plain steps. The machine may be shared:
   # the peak is the best of several runs, measured twice.
   n_blk = max(1, len(blocks))
-  peak = max(peak_gflops(bs, min(n_blk, 64)), peak_gflops(bs, min(n_blk, 64)))
+  peak_runs = [peak_gflops(bs, min(n_blk, 64))]
+  kernels = {}
+  for n, rot in (("shampoo", 1), ("soap", 2)):
+    if n in results:
+      kernels[n] = kernel_time(params, bs, rot)
+      peak_runs.append(peak_gflops(bs, min(n_blk, 64)))
+  peak = max(peak_runs)
   results["peak_dot_gflops"] = peak
-  print(f"\nplain batched jnp.dot of {bs}x{bs} blocks: {peak:.1f} GFLOP/s")
+  print(f"\nplain batched jnp.dot of {bs}x{bs} blocks: {peak:.1f} GFLOP/s "
+        f"(best of {len(peak_runs)} runs interleaved with the kernels: "
+        + ", ".join(f"{p:.1f}" for p in peak_runs) + ")")
   for n, rot in (("shampoo", 1), ("soap", 2)):
     if n not in results:
       continue
     flops = matmul_flops(blocks, rot)
     step_rate = flops / results[n]["plain_s"] / 1e9
-    k_time = kernel_time(params, bs, rot)
-    k_rate = flops / k_time / 1e9
+    k_rate = flops / kernels[n] / 1e9
     results[n].update(flops_per_step=flops, plain_step_gflops=step_rate,
                       kernel_gflops=k_rate)
     print(f"{n}: {flops / 1e9:.1f} GFLOP of statistics + preconditioning per "
