@@ -1,0 +1,98 @@
+"""seqio Tasks and Mixtures over curated shards.
+
+A task reads the `text` of curated JSONL.zst shards and runs the same
+preprocessing as data_pipelines.lm_data (tokenize, split long documents into
+chunks of L - 1 tokens, append EOS); packing with DecoderFeatureConverter then
+yields the framework's batch keys (inputs, targets, weights, segment_ids,
+positions). Documents go to "validation" when hash(id) mod 1e6 falls below
+validation_fraction 1e6, else to "train".
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+
+from data_pipelines import lm_data
+from data_pipelines.curation import io as cio
+
+
+def _files(paths: Union[str, Sequence[str]]) -> list[str]:
+  if isinstance(paths, str):
+    paths = [paths]
+  files = sorted({p for pat in paths for p in glob.glob(pat)})
+  return [p for p in files if not p.endswith(".attrs.jsonl.zst")]
+
+
+def in_validation(doc_id: str, fraction: float) -> bool:
+  h = int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) % 1_000_000
+  return h < fraction * 1_000_000
+
+
+def iter_texts(files: Sequence[str], split: str, validation_fraction: float):
+  for path in files:
+    for row in cio.read_rows(path):
+      if (split == "validation") == in_validation(str(row.get("id", "")), validation_fraction):
+        yield row["text"]
+
+
+def register_curated_task(name: str, paths: Union[str, Sequence[str]], vocabulary=None,
+                          validation_fraction: float = 0.0) -> str:
+  """Registers (once) a seqio Task over curated shards (globs allowed)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  files = _files(paths)
+  if not files:
+    raise FileNotFoundError(f"no curated shards match {paths!r}")
+  if name in seqio.TaskRegistry.names():
+    return name
+  vocabulary = vocabulary or lm_data.make_vocabulary("byte")
+  splits = ["train", "validation"] if validation_fraction > 0 else ["train"]
+
+  def dataset_fn(split: str, shuffle_files: bool, seed=None):
+    del shuffle_files, seed
+    tf = lm_data._tf()  # pylint: disable=protected-access
+    return tf.data.Dataset.from_generator(
+        lambda: iter_texts(files, split, validation_fraction),
+        output_signature=tf.TensorSpec((), tf.string)).map(lambda t: {"targets": t})
+
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=splits),
+      preprocessors=[seqio.preprocessors.tokenize, lm_data.chunk_targets,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features={"targets": seqio.Feature(vocabulary, add_eos=True)},
+  )
+  return name
+
+
+def register_curated_mixture(name: str, rates: Mapping[str, float]) -> str:
+  """A seqio Mixture of registered tasks with the given sampling rates."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  if name not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(name, [(t, float(r)) for t, r in sorted(rates.items())])
+  return name
+
+
+def packed_task_arrays(task: str, split: str, seq_len: int, cache_dir: str = "") -> dict[str, np.ndarray]:
+  """Packed int32 arrays of a task, through lm_data's path (and its cache)."""
+  return lm_data.packed_arrays(task, split, seq_len, cache_dir)
+
+
+def packed_mixture_arrays(mixture: str, split: str, seq_len: int, num_sequences: int,
+                          seed: int = 0) -> dict[str, np.ndarray]:
+  """`num_sequences` packed sequences sampled from a mixture at its rates (the
+  tasks repeat, so a mixture is read to a fixed number of sequences)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  lm_data._tf()  # pylint: disable=protected-access
+  lengths = {"targets": seq_len}
+  ds = seqio.get_mixture_or_task(mixture).get_dataset(
+      lengths, split=split, shuffle=False, use_cached=False, seed=seed, num_epochs=None,
+      log_mixing_proportions=False)
+  ds = seqio.DecoderFeatureConverter(pack=True)(ds, lengths).take(num_sequences)
+  rows = {k: [] for k in lm_data._SEQIO_TO_BATCH.values()}  # pylint: disable=protected-access
+  for ex in ds.as_numpy_iterator():
+    for sk, k in lm_data._SEQIO_TO_BATCH.items():  # pylint: disable=protected-access
+      rows[k].append(ex[sk])
+  return {k: np.stack(v).astype(np.int32) for k, v in rows.items()}
