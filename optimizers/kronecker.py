@@ -311,6 +311,40 @@ def symmetrize(m: jax.Array) -> jax.Array:
   return 0.5 * (m + jnp.swapaxes(m, -1, -2))
 
 
+def one_matrix_at_a_time_on_cpu(fn):
+  """Wraps a batched LAPACK call (eigh, QR) so that, on CPU, it sees one matrix.
+
+  jaxlib's CPU LAPACK kernels split a batch over XLA's intra-op thread pool
+  and block their own pool thread until the pieces finish
+  (`jax::ParallelBatchMap`). When a step runs as many such kernels at once as
+  the pool has threads (a root step of a whole model; 8 fake devices), every
+  thread waits for work queued behind the others and the program deadlocks.
+  A batch of one never enters the pool, so on CPU the wrapped function maps
+  over the leading axes with `lax.map`; other backends get the batched call.
+  The choice is made at lowering time (`lax.platform_dependent`).
+  """
+  def wrapped(mats):
+    batch = mats.shape[:-2]
+    if not batch or math.prod(batch) == 1:
+      return fn(mats)
+
+    def per_matrix(m):
+      flat = m.reshape((-1,) + m.shape[-2:])
+      out = jax.lax.map(fn, flat)
+      return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+
+    return jax.lax.platform_dependent(mats, cpu=per_matrix, default=fn)
+  return wrapped
+
+
+def _eigh(mats: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  return one_matrix_at_a_time_on_cpu(jnp.linalg.eigh)(symmetrize(mats))
+
+
+def _qr(mats: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  return one_matrix_at_a_time_on_cpu(jnp.linalg.qr)(mats)
+
+
 def _np_eigh_desc(mats):
   a = np.asarray(mats, np.float64)
   a = 0.5 * (a + np.swapaxes(a, -1, -2))
@@ -337,7 +371,7 @@ def eigh_descending(mats: jax.Array, float64: bool = False
               jax.ShapeDtypeStruct(mats.shape, jnp.float32))
     return jax.pure_callback(_np_eigh_desc, shapes, mats,
                              vmap_method="broadcast_all")
-  w, v = jnp.linalg.eigh(symmetrize(mats))
+  w, v = _eigh(mats)
   return w[..., ::-1], v[..., ::-1]
 
 
@@ -358,7 +392,7 @@ def inverse_root_eigh(mats: jax.Array, exponent: float, epsilon: float,
     w, v = eigh_descending(mats, float64=True)
     w, v = w[..., ::-1], v[..., ::-1]
   else:
-    w, v = jnp.linalg.eigh(symmetrize(mats))
+    w, v = _eigh(mats)
   wmax = jnp.maximum(w[..., -1:], 0.0)
   w = jnp.maximum(w, 0.0) + epsilon * wmax
   root = jnp.matmul(v * (w ** exponent)[..., None, :], jnp.swapaxes(v, -1, -2),
@@ -460,7 +494,7 @@ def qr_basis_update(mats: jax.Array, basis: jax.Array
   est = jnp.sum(basis * mq, axis=-2)
   order = jnp.argsort(-est, axis=-1)
   # M (Q P) = (M Q) P for the column permutation P.
-  q, r = jnp.linalg.qr(jnp.take_along_axis(mq, order[..., None, :], axis=-1))
+  q, r = _qr(jnp.take_along_axis(mq, order[..., None, :], axis=-1))
   # Fix the QR sign ambiguity so that Q stays close to the previous basis.
   sign = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0)
   return q * sign[..., None, :], order

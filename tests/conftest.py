@@ -1,4 +1,4 @@
-"""Test-wide environment: 8 fake CPU devices and the CPU-runtime workarounds.
+"""Test-wide environment: 8 fake CPU devices, one OpenBLAS thread.
 
 Set before JAX or numpy is imported anywhere, so every test sees the same
 8-device CPU platform; single-device references use `jax.devices()[:1]`.
@@ -8,10 +8,6 @@ import os
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   _flags += " --xla_force_host_platform_device_count=8"
-# `eigh` inside `lax.cond` can hang XLA's CPU runtime with the concurrency
-# optimised scheduler (seen with Shampoo's amortised roots).
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in _flags:
-  _flags += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
 os.environ["XLA_FLAGS"] = _flags.strip()
 # jaxlib's CPU eigh is erratic with multi-threaded OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

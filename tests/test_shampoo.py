@@ -193,6 +193,27 @@ class RootTest(parameterized.TestCase):
       np.testing.assert_allclose(r_e, ref, atol=2e-3 * scale)
       np.testing.assert_allclose(r_64, ref, atol=2e-5 * scale)
 
+  def test_cpu_lapack_calls_see_one_matrix(self):
+    # jaxlib's batched CPU eigh/QR wait on the intra-op pool they run in and
+    # deadlock a root step with many of them; the optimizers must lower to
+    # unbatched LAPACK calls on CPU and still give the batched answer.
+    import re  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 3, 6, 9))
+    mats = jnp.asarray(x @ np.swapaxes(x, -1, -2), jnp.float32)
+    fn = jax.jit(lambda m: (kr.eigh_descending(m), kr.qr_basis_update(m, jnp.eye(6) + 0 * m)))
+    hlo = fn.lower(mats).as_text()
+    calls = re.findall(r"custom_call @(lapack_\w+).*?num_batch_dims = \"(\d+)\"", hlo)
+    self.assertContainsSubset({"lapack_ssyevd_ffi", "lapack_sgeqrf_ffi"}, {c for c, _ in calls})
+    self.assertEqual({n for _, n in calls}, {"0"})
+    (w, v), (q, _) = fn(mats)
+    w_ref = np.linalg.eigh(np.asarray(mats, np.float64))[0][..., ::-1]
+    np.testing.assert_allclose(w, w_ref, rtol=1e-4, atol=1e-4 * np.abs(w_ref).max())
+    np.testing.assert_allclose(v @ (w[..., None] * np.swapaxes(v, -1, -2)), mats,
+                               atol=1e-4 * np.abs(w_ref).max())
+    np.testing.assert_allclose(np.swapaxes(q, -1, -2) @ q, np.broadcast_to(np.eye(6), q.shape),
+                               atol=1e-5)
+
   def test_newton_and_float64_optimizers_agree_with_eigh(self):
     rng = np.random.default_rng(7)
     grads = [_randn(rng, (6, 5)) for _ in range(8)]

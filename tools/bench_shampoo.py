@@ -25,11 +25,6 @@ It is skipped when the package cannot be imported.
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-_flags = os.environ.get("XLA_FLAGS", "")
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in _flags:
-  # eigh inside lax.cond can hang XLA's CPU runtime otherwise.
-  _flags += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
-os.environ["XLA_FLAGS"] = _flags.strip()
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sys
