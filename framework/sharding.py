@@ -13,6 +13,7 @@ host-local numpy batches into global sharded arrays.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -94,11 +95,21 @@ def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
       is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
+BLOCK_STATE_AXES = ("fsdp",)
+
+
 def follow_param_shardings(tree: Any, params: Any, param_shardings: Any,
-                           mesh: Mesh) -> Any:
-  """Shardings for an optimizer state: leaves that mirror a parameter (same
-  path suffix and shape, e.g. Adam's mu/nu) take that parameter's sharding;
-  everything else (counts, Shampoo factor blocks, ...) is replicated."""
+                           mesh: Mesh, block_axes: Sequence[str] = BLOCK_STATE_AXES) -> Any:
+  """Shardings for an optimizer state.
+
+  Leaves that mirror a parameter (same path suffix and shape, e.g. Adam's
+  mu/nu) take that parameter's sharding. Stacked per-block statistics (ndim
+  >= 3, e.g. Shampoo's (num_blocks, b, b) factors and roots, SOAP's bases) are
+  split along their block axis over `block_axes` where it divides evenly, so
+  that, as for FSDP parameters, each device holds and updates 1/n of them
+  instead of a full copy (the ZeRO view of the optimizer state). Everything
+  else (counts, scalars, small vectors) is replicated.
+  """
   by_path = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     by_path[tuple(path)] = leaf.shape
@@ -106,6 +117,8 @@ def follow_param_shardings(tree: Any, params: Any, param_shardings: Any,
                    jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
   lengths = sorted({len(p) for p in by_path}, reverse=True)
   replicated = NamedSharding(mesh, P())
+  axes = tuple(a for a in block_axes if mesh.shape.get(a, 1) > 1)
+  ways = math.prod(mesh.shape[a] for a in axes)
 
   def one(path, leaf):
     path = tuple(path)
@@ -115,6 +128,8 @@ def follow_param_shardings(tree: Any, params: Any, param_shardings: Any,
         suffix = path[len(path) - k:]
         if suffix in by_path and by_path[suffix] == shape:
           return shard_by_path[suffix]
+    if axes and len(shape) >= 3 and shape[0] % ways == 0:
+      return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
     return replicated
 
   return jax.tree_util.tree_map_with_path(one, tree)

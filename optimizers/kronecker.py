@@ -419,6 +419,29 @@ def max_eigenvalue(mats: jax.Array, num_iters: int = 32) -> jax.Array:
                     precision=jax.lax.Precision.HIGHEST)
 
 
+def inverse_root_residual(mats: jax.Array, root: jax.Array, exponent: float,
+                          epsilon: float) -> jax.Array:
+  """Relative error of a root X of A = M + epsilon lambda_max(M) I, batched.
+
+  For exponent = -1/p with integer p: ||X^p A - I||_F / ||I||_F, which is 0
+  for the exact root (the quantity the coupled Newton iteration drives to 0).
+  Other exponents have no integer power to check against: NaN.
+  """
+  p = -1.0 / exponent if exponent != 0 else 0.0
+  if exponent >= 0 or abs(p - round(p)) > 1e-6:
+    return jnp.full(mats.shape[:-2], jnp.nan, jnp.float32)
+  mats = symmetrize(mats.astype(jnp.float32))
+  n = mats.shape[-1]
+  eye = jnp.eye(n, dtype=jnp.float32)
+  lam = jnp.maximum(max_eigenvalue(mats), 0.0)
+  a = mats + (epsilon * lam)[..., None, None] * eye
+  xp = root.astype(jnp.float32)
+  for _ in range(int(round(p)) - 1):
+    xp = jnp.matmul(xp, root, precision=_HI)
+  err = jnp.matmul(xp, a, precision=_HI) - eye
+  return jnp.linalg.norm(err, axis=(-2, -1)) / math.sqrt(n)
+
+
 def inverse_root_newton(mats: jax.Array, p: int, epsilon: float, *,
                         max_iters: int = 100, tol: float = 1e-6,
                         fail_tol: float = 1e-2) -> Tuple[jax.Array, jax.Array]:

@@ -95,7 +95,8 @@ SHAMPOO_STATIC_ARGS = (
     "exponent", "block_size", "merge_dims", "max_precond_dim",
     "precondition_filter", "start_preconditioning_step",
     "statistics_frequency", "preconditioning_frequency", "mu_dtype",
-    "weight_decay_mask")
+    "weight_decay_mask", "precondition_1d", "nesterov", "root_float64",
+    "diagnostics")
 
 
 class ShampooLeafState(NamedTuple):
@@ -106,11 +107,18 @@ class ShampooLeafState(NamedTuple):
   nu: float32 second moment of the gradient (param shape) for the graft and
     the diagonal fallback; None when not needed.
   failures: int32 count of failed factor roots.
+  max_eigenvalue / root_error: with diagnostics=True, per factor (None for an
+    axis without one) a (num_blocks,) float32 array, as of the last root
+    step: lambda_max of the factor and the relative residual of its root
+    (`kronecker.inverse_root_residual`; NaN for non -1/p exponents). None
+    otherwise.
   """
   factors: Tuple[Optional[jax.Array], ...]
   roots: Tuple[Optional[jax.Array], ...]
   nu: Optional[jax.Array]
   failures: jax.Array
+  max_eigenvalue: Optional[Tuple[Optional[jax.Array], ...]] = None
+  root_error: Optional[Tuple[Optional[jax.Array], ...]] = None
 
 
 class ShampooState(NamedTuple):
@@ -249,6 +257,7 @@ def scale_by_shampoo(
     root_method: str = "eigh",
     root_float64: bool = False,
     mu_dtype: Any = None,
+    diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Shampoo's preconditioned direction (no learning rate, no weight decay).
 
@@ -275,6 +284,9 @@ def scale_by_shampoo(
     root_method: "eigh" or "newton".
     root_float64: eigendecompositions in float64 on the host.
     mu_dtype: momentum dtype (default float32).
+    diagnostics: keep, per factor, lambda_max and the root's residual from
+      the last root step in the state (`ShampooLeafState`); costs a power
+      iteration and p matmuls per factor on root steps only.
 
   Returns:
     An optax transformation whose state is a `ShampooState`.
@@ -313,7 +325,13 @@ def scale_by_shampoo(
                                          (n, b, b))) if pre else None
           for b, pre in zip(lay.block_shape, lay.preconditioned))
       nu = zeros_like() if needs_nu else None
-      return ShampooLeafState(factors, roots, nu, fails)
+      if not diagnostics:
+        return ShampooLeafState(factors, roots, nu, fails)
+      per_factor = lambda fill: tuple(
+          on_mesh_of(p, jnp.full((n,), fill, jnp.float32)) if pre else None
+          for pre in lay.preconditioned)
+      return ShampooLeafState(factors, roots, nu, fails, per_factor(0.0),
+                              per_factor(jnp.nan))
 
     leaves = jax.tree.map(leaf, layouts, params,
                           is_leaf=lambda x: isinstance(x, kr.BlockLayout))
@@ -384,9 +402,10 @@ def scale_by_shampoo(
     # 3. Inverse roots, amortised.
     old_roots = [st.roots for st in st_list]
     old_fail = [st.failures for st in st_list]
+    old_diag = [(st.max_eigenvalue, st.root_error) for st in st_list]
 
     def compute_roots(operand):
-      factors, roots, fails = operand
+      factors, roots, fails, diag = operand
       jobs, where = [], []
       for li, (lay, fs, rs) in enumerate(zip(lay_list, factors, roots)):
         e = resolve_exponent(exponent, lay.order)
@@ -398,22 +417,29 @@ def scale_by_shampoo(
                           float64=root_float64)
       roots = [list(rs) for rs in roots]
       fails = list(fails)
-      for (li, ai), (r, nf) in zip(where, res):
+      diag = [(None, None) if lam is None else (list(lam), list(err))
+              for lam, err in diag]
+      for (li, ai), (r, nf), (f, _, e) in zip(where, res, jobs):
         roots[li][ai] = r
         fails[li] = fails[li] + nf
-      return [tuple(rs) for rs in roots], fails
+        if diagnostics:
+          diag[li][0][ai] = kr.max_eigenvalue(kr.symmetrize(f.astype(jnp.float32)))
+          diag[li][1][ai] = kr.inverse_root_residual(f, r, e, epsilon)
+      diag = [(None, None) if lam is None else (tuple(lam), tuple(err))
+              for lam, err in diag]
+      return [tuple(rs) for rs in roots], fails, diag
 
     def keep_roots(operand):
-      _, roots, fails = operand
-      return list(roots), list(fails)
+      _, roots, fails, diag = operand
+      return list(roots), list(fails), list(diag)
 
     due = (count >= start_preconditioning_step) & (
         (count - start_preconditioning_step) % preconditioning_frequency == 0)
     if any(not lay.is_diagonal for lay in lay_list):
-      roots, fails = jax.lax.cond(due, compute_roots, keep_roots,
-                                  (factors, old_roots, old_fail))
+      roots, fails, diag = jax.lax.cond(due, compute_roots, keep_roots,
+                                        (factors, old_roots, old_fail, old_diag))
     else:
-      roots, fails = old_roots, old_fail
+      roots, fails, diag = old_roots, old_fail, old_diag
 
     # 4. Preconditioned, grafted direction.
     preconditioning = count >= start_preconditioning_step
@@ -453,8 +479,8 @@ def scale_by_shampoo(
       mu, outs = None, directions
 
     outs = [o.astype(g.dtype) for o, g in zip(outs, g_list)]
-    leaves = [ShampooLeafState(tuple(f), tuple(r), nu, fl)
-              for f, r, nu, fl in zip(factors, roots, new_nu, fails)]
+    leaves = [ShampooLeafState(tuple(f), tuple(r), nu, fl, *dg)
+              for f, r, nu, fl, dg in zip(factors, roots, new_nu, fails, diag)]
     return (treedef.unflatten(outs),
             ShampooState(count, mu, treedef.unflatten(leaves)))
 
@@ -486,6 +512,7 @@ def shampoo(
     root_method: str = "eigh",
     root_float64: bool = False,
     mu_dtype: Any = None,
+    diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Shampoo with decoupled weight decay and a learning rate (float or schedule).
 
@@ -504,7 +531,8 @@ def shampoo(
       start_preconditioning_step=start_preconditioning_step,
       statistics_frequency=statistics_frequency,
       preconditioning_frequency=preconditioning_frequency,
-      root_method=root_method, root_float64=root_float64, mu_dtype=mu_dtype)]
+      root_method=root_method, root_float64=root_float64, mu_dtype=mu_dtype,
+      diagnostics=diagnostics)]
   if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
     parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))

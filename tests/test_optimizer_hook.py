@@ -19,7 +19,7 @@ _CASES = {
     # Roots every 2 steps: steps 1, 3, 5 recompute them (eigh inside lax.cond).
     "shampoo": {"block_size": 32, "preconditioning_frequency": 2},
     # Eigenbasis by eigh at step 1, then QR refreshes every 2 steps.
-    "soap": {"precondition_frequency": 2},
+    "soap": {"precondition_frequency": 2, "block_size": 32},
 }
 
 
@@ -75,6 +75,13 @@ class OptimizerHookTest(parameterized.TestCase):
         sharded_leaves += any(leaf.sharding.spec)
     if name == "shampoo":  # its momentum / grafting moments have the param shapes
       self.assertGreater(sharded_leaves, 0)
+    # Stacked per-block statistics are split over fsdp (2 ways), not copied.
+    blocks = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) >= 3]
+    self.assertNotEmpty(blocks)
+    for x in blocks:
+      if x.shape[0] % 2 == 0 and tuple(x.shape) not in param_specs:
+        self.assertEqual(x.sharding.spec[0], "fsdp", x.shape)
+        self.assertEqual(x.addressable_shards[0].data.shape[0], x.shape[0] // 2)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,36 @@ class RootTest(parameterized.TestCase):
     np.testing.assert_allclose(out_n[-1], out_e[-1], atol=5e-3 * scale)
     np.testing.assert_allclose(out_64[-1], out_e[-1], atol=5e-3 * scale)
 
+  @parameterized.parameters(("shampoo2", "eigh", 2), ("classic", "eigh", 4),
+                            ("shampoo2", "newton", 2))
+  def test_diagnostics_against_numpy(self, exponent, method, p):
+    rng = np.random.default_rng(10)
+    grads = [_randn(rng, (6, 5)) for _ in range(3)]
+    eps = 1e-3
+    tx = scale_by_shampoo(b1=0.0, b2=0.9, epsilon=eps, graft_type="none", block_size=None,
+                          exponent=exponent, root_method=method, root_float64=method == "eigh",
+                          preconditioning_frequency=2, diagnostics=True)
+    _, state, states = _run(tx, grads)
+    self.assertIsNone(_run(scale_by_shampoo(block_size=None), grads[:1])[1].leaves.root_error)
+    for axis in range(2):
+      lam = np.asarray(states.leaves.max_eigenvalue[axis])[:, 0]
+      err = np.asarray(states.leaves.root_error[axis])[:, 0]
+      f = np.asarray(states.leaves.factors[axis], np.float64)[:, 0]
+      # Roots (and diagnostics) at steps 1 and 3; step 2 keeps step 1's.
+      for t in (0, 2):
+        np.testing.assert_allclose(lam[t], np.linalg.eigvalsh(f[t]).max(), rtol=1e-4)
+      self.assertEqual(lam[1], lam[0])
+      self.assertTrue(np.all(err < 1e-3), err)
+      # The residual is that of the stored root: a perturbed root shows up.
+      root = np.asarray(state.leaves.roots[axis][0], np.float64)
+      a = _ridge(f[2], eps)
+      ref = np.linalg.norm(np.linalg.matrix_power(root, p) @ a - np.eye(len(a))) / np.sqrt(len(a))
+      self.assertAlmostEqual(float(err[2]), ref, delta=2e-4)
+      bad = kr.inverse_root_residual(jnp.asarray(f[2], jnp.float32),
+                                     jnp.asarray(root * 1.01, jnp.float32), -1.0 / p, eps)
+      self.assertGreater(float(bad), 0.01 * p)
+    self.assertTrue(np.isnan(kr.inverse_root_residual(jnp.eye(3), jnp.eye(3), -0.3, eps)))
+
   def test_nonfinite_root_keeps_previous_and_counts(self):
     rng = np.random.default_rng(8)
     tx = scale_by_shampoo(b1=0.0, graft_type="none", block_size=None)
