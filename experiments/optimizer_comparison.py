@@ -347,8 +347,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                       timeout_s=float(config.get("run_timeout_s", 3600.0)),
                       xla_flags=str(config.get("xla_flags", "") or ""))
     runs[n][lr] = result
-    progress.update(1, optimizer=n, lr=lr, eval_loss=_finite(result.get("eval_loss")),
-                    run_s=round(result["wall_s"]))
+    progress.update(1, skipped=bool(result.get("reused")), optimizer=n, lr=lr,
+                    eval_loss=_finite(result.get("eval_loss")), run_s=round(result["wall_s"]))
   total_s = time.perf_counter() - t0
   load1 = os.getloadavg()
 

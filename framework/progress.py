@@ -63,8 +63,13 @@ class Progress:
     parts.extend(f"{k} {_fmt_value(v)}" for k, v in info.items())
     return " | ".join(p for p in parts if p)
 
-  def update(self, n: int = 1, force: bool = False, **info: Any) -> None:
+  def update(self, n: int = 1, force: bool = False, skipped: bool = False,
+             **info: Any) -> None:
+    """Counts n units done; skipped=True: done without work (reused, resumed),
+    so they count toward the total but not toward the rate and ETA."""
     self.count += n
+    if skipped:
+      self._start_count += n
     now = time.perf_counter()
     done = self.total is not None and self.count >= self.total
     if force or done or now - self._last_print >= self.every_s:
