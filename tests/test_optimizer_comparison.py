@@ -53,7 +53,10 @@ class SubConfigTest(absltest.TestCase):
   def test_sub_configs_are_valid_lm_configs(self):
     config = lm_optimizer_comparison.get_config()
     names = oc.optimizer_names(config)
-    self.assertEqual(names, ["adamw", "shampoo_classic", "shampoo2", "soap"])
+    self.assertEqual(names, ["adamw", "shampoo_classic", "shampoo2", "shampoo_classic_eps1e_2",
+                             "shampoo2_eps1e_2", "soap"])
+    self.assertEqual(oc.sub_config(config, "shampoo2_eps1e_2", 1e-2).optimizer.kwargs.epsilon,
+                     1e-2)
     self.assertEqual(oc.learning_rates(config, "soap"), [3e-3, 1e-2, 3e-2, 1e-1])
     for name in names:
       c = oc.sub_config(config, name, 0.02)
