@@ -197,6 +197,26 @@ def amortised(t_root: float, t_plain: float, f: int) -> float:
   return (t_root + (f - 1) * t_plain) / f
 
 
+def ratio_row(t_root: float, t_plain: float, t_adam: float, freqs: Sequence[int],
+              offset: float = 0.0) -> Dict[str, float]:
+  """{step_s_f<f>, ratio_f<f>}: amortised step time offset + t_f and its ratio to AdamW."""
+  row = {}
+  for f in freqs:
+    tf = offset + amortised(t_root, t_plain, f)
+    row[f"step_s_f{f}"] = tf
+    row[f"ratio_f{f}"] = tf / t_adam
+  return row
+
+
+def print_ratio_table(results: Dict[str, Any], names: Sequence[str],
+                      freqs: Sequence[int]) -> None:
+  print(f"{'root frequency':>16}" + "".join(f"{n + ' / adamw':>26}" for n in names))
+  for f in freqs:
+    print(f"{f:>16}" + "".join(
+        f"{results[n][f'ratio_f{f}']:.3f}x ({results[n][f'step_s_f{f}'] * 1e3:.0f} ms)"
+        .rjust(26) for n in names))
+
+
 def _load() -> str:
   return "load average %.2f %.2f %.2f" % os.getloadavg()
 
@@ -276,20 +296,12 @@ def run_benchmark() -> Dict[str, Any]:
                              + steppers["adamw"].times["plain"])
   results["adamw_step_s"] = t_adam
   for n in names[1:]:
-    row = {"root_step_s": med[n]["root"], "plain_step_s": med[n]["plain"]}
-    for f in freqs:
-      tf = amortised(med[n]["root"], med[n]["plain"], f)
-      row[f"step_s_f{f}"] = tf
-      row[f"ratio_f{f}"] = tf / t_adam
-    results[n] = row
+    results[n] = {"root_step_s": med[n]["root"], "plain_step_s": med[n]["plain"],
+                  **ratio_row(med[n]["root"], med[n]["plain"], t_adam, freqs)}
 
   print(f"\nwhole train step, adamw: {t_adam * 1e3:.0f} ms "
         f"({b * t / t_adam:.0f} tokens/s)")
-  print(f"{'root frequency':>16}" + "".join(f"{n + ' / adamw':>26}" for n in names[1:]))
-  for f in freqs:
-    print(f"{f:>16}" + "".join(
-        f"{results[n][f'ratio_f{f}']:.3f}x ({results[n][f'step_s_f{f}'] * 1e3:.0f} ms)"
-        .rjust(26) for n in names[1:]))
+  print_ratio_table(results, names[1:], freqs)
   print("(t_f = (t_root + (f-1) t_plain) / f from medians over "
         f"{_ROUNDS.value} alternating rounds)")
   for n in names[1:]:
@@ -387,19 +399,11 @@ def _estimate(config, model, s, names, freqs, results) -> None:
   results["adamw_step_s"] = t_adam
   results["adamw_update_s"] = upd["adamw"][1]
   for n in names[1:]:
-    row = {"update_root_s": upd[n][0], "update_plain_s": upd[n][1]}
-    for f in freqs:
-      tf = t_fb + amortised(upd[n][0], upd[n][1], f)
-      row[f"step_s_f{f}"] = tf
-      row[f"ratio_f{f}"] = tf / t_adam
-    results[n] = row
+    results[n] = {"update_root_s": upd[n][0], "update_plain_s": upd[n][1],
+                  **ratio_row(upd[n][0], upd[n][1], t_adam, freqs, offset=t_fb)}
   print(f"\nESTIMATED whole train step (fwd+bwd + update alone), adamw: "
         f"{t_adam * 1e3:.0f} ms")
-  print(f"{'root frequency':>16}" + "".join(f"{n + ' / adamw':>26}" for n in names[1:]))
-  for f in freqs:
-    print(f"{f:>16}" + "".join(
-        f"{results[n][f'ratio_f{f}']:.3f}x ({results[n][f'step_s_f{f}'] * 1e3:.0f} ms)"
-        .rjust(26) for n in names[1:]))
+  print_ratio_table(results, names[1:], freqs)
   counts = root_sizes(params, s["block_size"])
   results["root_factor_sizes"] = counts
   print(f"a root step recomputes {sum(counts.values())} factor roots (size: count) {counts}")
