@@ -23,7 +23,7 @@ from data_pipelines.curation import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Curation config file (get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output/work directory (resumable).")
-_RUNNER = flags.DEFINE_enum("runner", "inprocess", ["inprocess", "direct", "beam"],
+_RUNNER = flags.DEFINE_enum("runner", "inprocess", list(pipeline.RUNNERS),
                             "inprocess: plain Python loop; direct/beam: Apache Beam (DirectRunner "
                             "unless --beam_args names another runner).")
 _BEAM_ARGS = flags.DEFINE_string("beam_args", "", "Beam pipeline options, e.g. "

@@ -23,8 +23,8 @@ class ExactTest(absltest.TestCase):
     self.assertNotEqual(dedup.exact_key("hello world"), dedup.exact_key("hello worlds"))
 
   def test_drops_keep_first_in_order(self):
-    from data_pipelines.curation import pipeline  # pylint: disable=g-import-not-at-top
-    self.assertEqual(pipeline.exact_drops([["b/2", "a/1", "c/0"], ["z/9"]]), {"b/2": "a/1", "c/0": "a/1"})
+    from data_pipelines.curation import stages  # pylint: disable=g-import-not-at-top
+    self.assertEqual(stages.exact_drops([["b/2", "a/1", "c/0"], ["z/9"]]), {"b/2": "a/1", "c/0": "a/1"})
 
 
 class BloomTest(absltest.TestCase):

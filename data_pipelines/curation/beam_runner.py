@@ -7,21 +7,21 @@ groups and MinHash LSH buckets with GroupByKey, builds clusters from the
 bucket edges, then runs the order-dependent Bloom pass on one worker (as
 DCLM's bff tool does). Stage C scores documents in parallel and fixes the
 threshold globally; stage D writes shards in parallel. Every stage reuses
-pipeline.py's functions, so both runners write the same files.
+the functions of `stages` (the only curation module imported here besides
+`dedup` and `stats`), so both runners write the same files.
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_pipelines.curation import dedup
-from data_pipelines.curation import pipeline as pl
+from data_pipelines.curation import stages
 from data_pipelines.curation import stats as cstats
 
-clock = pl.clock
+clock = stages.clock
 
 
 def _options(beam_args: list[str]) -> PipelineOptions:
@@ -43,27 +43,27 @@ class _FilterDoFn(beam.DoFn):
     self.res = None
 
   def setup(self):
-    self.cfg = pl.config_from_json(self.cfg_json)
-    self.res = pl.resources(self.cfg_json)
+    self.cfg = stages.config_from_json(self.cfg_json)
+    self.res = stages.resources(self.cfg_json)
 
   def process(self, item):
     key, (i, rec) = item
-    doc, attrs, st = pl.process_record(rec, pl.order_key(key, i), self.cfg, self.res)
+    doc, attrs, st = stages.process_record(rec, stages.order_key(key, i), self.cfg, self.res)
     yield key, (i, doc, attrs, st)
 
 
-def _read_shard(shard: pl.Shard):
-  for i, rec in pl.shard_records(shard):
+def _read_shard(shard: stages.Shard):
+  for i, rec in stages.shard_records(shard):
     yield shard.key, (i, rec)
 
 
-def _write_filtered(item, paths: pl.Paths, cfg_json: str):
+def _write_filtered(item, paths: stages.Paths, cfg_json: str):
   key, results = item
-  pl.write_filtered_shard(paths, key, list(results), pl.config_from_json(cfg_json))
+  stages.write_filtered_shard(paths, key, list(results), stages.config_from_json(cfg_json))
   return key
 
 
-def filter_stage(paths: pl.Paths, todo: list[pl.Shard], cfg, cfg_json: str, opts) -> None:
+def filter_stage(paths: stages.Paths, todo: list[stages.Shard], cfg, cfg_json: str, opts) -> None:
   with beam.Pipeline(options=opts) as p:
     _ = (p
          | "Shards" >> beam.Create(todo)
@@ -73,8 +73,8 @@ def filter_stage(paths: pl.Paths, todo: list[pl.Shard], cfg, cfg_json: str, opts
          | "ByShard" >> beam.GroupByKey()
          | "Write" >> beam.Map(_write_filtered, paths, cfg_json))
   for shard in todo:   # a shard without records never reaches GroupByKey
-    if not os.path.exists(paths.shard_file(paths.filtered, shard.key, "stats")):
-      pl.filter_shard_inprocess(paths, shard, cfg, cfg_json)
+    if not stages.filter_done(paths, shard.key):
+      stages.filter_shard(paths, shard, cfg, cfg_json)
 
 
 # ----------------------------------------------------------------------------
@@ -93,7 +93,7 @@ class _SignatureDoFn(beam.DoFn):
     self.cfg_json = cfg_json
 
   def setup(self):
-    c = pl.config_from_json(self.cfg_json).dedup.minhash
+    c = stages.config_from_json(self.cfg_json).dedup.minhash
     self.c = c
     self.mh = dedup.make_minhasher(c.num_perm, c.ngram, c.seed)
 
@@ -113,29 +113,29 @@ def _band_items(item, bands: int, rows: int):
 
 def _finish_and_write(_, paths, keys, cfg_json, exact, near_list, nbytes, seconds):
   """Single worker: Bloom pass in canonical order, then the dedup files."""
-  cfg = pl.config_from_json(cfg_json)
+  cfg = stages.config_from_json(cfg_json)
   exact, nbytes, seconds = dict(exact), dict(nbytes), dict(seconds)
   near = near_list[0] if near_list else {}
   t_exact, t_near = seconds.get("exact", 0.0), seconds.get("minhash", 0.0)
-  st = pl.dedup_stats(exact, near, len(nbytes), nbytes, t_exact, t_near)
+  st = stages.dedup_stats(exact, near, len(nbytes), nbytes, t_exact, t_near)
   drop = set(exact) | {o for o, r in near.items() if o != r}
-  bloom, ids, bst, info = pl.bloom_pass(paths, keys, drop, cfg)
-  pl.write_dedup(paths, cfg, exact, near, bloom, ids, cstats.merge([st, bst]), info)
+  bloom, ids, bst, info = stages.bloom_pass(paths, keys, drop, cfg)
+  stages.write_dedup(paths, cfg, exact, near, bloom, ids, cstats.merge([st, bst]), info)
   return True
 
 
-def dedup_stage(paths: pl.Paths, keys: list[str], cfg, cfg_json: str, opts) -> None:
+def dedup_stage(paths: stages.Paths, keys: list[str], cfg, cfg_json: str, opts) -> None:
   mc = cfg.dedup.minhash
   with beam.Pipeline(options=opts) as p:
     docs = (p | "Keys" >> beam.Create(keys)
-            | "ReadFiltered" >> beam.FlatMap(lambda k: list(pl.read_filtered(paths, k))))
-    nbytes = docs | "Bytes" >> beam.Map(lambda d: (d["order"], pl._nbytes(d["text"])))  # pylint: disable=protected-access
+            | "ReadFiltered" >> beam.FlatMap(lambda k: list(stages.read_filtered(paths, k))))
+    nbytes = docs | "Bytes" >> beam.Map(lambda d: (d["order"], stages.nbytes(d["text"])))
     if cfg.dedup.exact:
       keyed = docs | "ExactKey" >> beam.Map(_exact_item)
       exact = (keyed
                | "ExactGroup" >> beam.GroupByKey()
                | "ExactDrops" >> beam.FlatMap(
-                   lambda kv: pl.exact_drops([[o for o, _ in kv[1]]]).items()))
+                   lambda kv: stages.exact_drops([[o for o, _ in kv[1]]]).items()))
       t_exact = keyed | "ExactTime" >> beam.Map(lambda kv: kv[1][1]) | "SumExact" >> beam.CombineGlobally(sum)
     else:
       exact = p | "NoExact" >> beam.Create([])
@@ -168,12 +168,12 @@ def dedup_stage(paths: pl.Paths, keys: list[str], cfg, cfg_json: str, opts) -> N
 
 @functools.lru_cache(maxsize=2)
 def _decisions(workdir: str):
-  return pl.load_decisions(pl.Paths(workdir))
+  return stages.load_decisions(stages.Paths(workdir))
 
 
 @functools.lru_cache(maxsize=2)
 def _scores(workdir: str):
-  return pl.load_scores(pl.Paths(workdir))
+  return stages.load_scores(stages.Paths(workdir))
 
 
 class _ScoreDoFn(beam.DoFn):
@@ -182,21 +182,21 @@ class _ScoreDoFn(beam.DoFn):
 
   def process(self, doc):
     t0 = clock()
-    (order, score, nb), = pl.score_docs([doc], self.model_path, self.label)
+    (order, score, nb), = stages.score_docs([doc], self.model_path, self.label)
     yield order, score, nb, clock() - t0
 
 
 def _write_scores(rows, paths, cfg_json):
   rows = list(rows)
-  pl.write_scores(paths, pl.config_from_json(cfg_json), [(o, s) for o, s, _, _ in rows],
-                  sum(r[3] for r in rows), sum(r[2] for r in rows))
+  stages.write_scores(paths, stages.config_from_json(cfg_json), [(o, s) for o, s, _, _ in rows],
+                      sum(r[3] for r in rows), sum(r[2] for r in rows))
 
 
-def quality_stage(paths: pl.Paths, keys: list[str], cfg, cfg_json: str, opts) -> None:
-  model_path = pl.quality_model_path(paths, cfg)   # trains on the driver if needed
+def quality_stage(paths: stages.Paths, keys: list[str], cfg, cfg_json: str, opts) -> None:
+  model_path = stages.quality_model_path(paths, cfg)   # trains on the driver if needed
   with beam.Pipeline(options=opts) as p:
     _ = (p | "Keys" >> beam.Create(keys)
-         | "Deduped" >> beam.FlatMap(lambda k: list(pl.deduped_docs(paths, k, _decisions(paths.workdir))))
+         | "Deduped" >> beam.FlatMap(lambda k: list(stages.deduped_docs(paths, k, _decisions(paths.workdir))))
          | "Spread" >> beam.Reshuffle()
          | "Score" >> beam.ParDo(_ScoreDoFn(model_path, cfg.quality.label))
          | "All" >> beam.combiners.ToList()
@@ -204,34 +204,40 @@ def quality_stage(paths: pl.Paths, keys: list[str], cfg, cfg_json: str, opts) ->
 
 
 def _write_output(key, paths, cfg_json):
-  cfg = pl.config_from_json(cfg_json)
+  cfg = stages.config_from_json(cfg_json)
   scores, meta = _scores(paths.workdir) if cfg.quality.enabled else (None, None)
-  pl.write_output_shard(paths, key, cfg, _decisions(paths.workdir), scores, meta)
+  stages.write_output_shard(paths, key, cfg, _decisions(paths.workdir), scores, meta)
   return key
 
 
-def write_stage(paths: pl.Paths, todo: list[str], cfg_json: str, opts) -> None:
+def write_stage(paths: stages.Paths, todo: list[str], cfg_json: str, opts) -> None:
   with beam.Pipeline(options=opts) as p:
     _ = (p | "Keys" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
          | "Write" >> beam.Map(_write_output, paths, cfg_json))
 
 
-def run(paths: pl.Paths, shards: list[pl.Shard], cfg, cfg_json: str, beam_args: list[str]) -> None:
-  opts = _options(beam_args)
-  keys = [s.key for s in shards]
-  todo = [s for s in shards if not os.path.exists(paths.shard_file(paths.filtered, s.key, "stats"))]
-  if todo:
+class Runner:
+  """Runs the stages of one config as Beam pipelines (see `pipeline.run`)."""
+
+  def __init__(self, cfg, cfg_json: str, beam_args: list[str]):
+    self.cfg, self.cfg_json = cfg, cfg_json
+    self.opts = _options(beam_args)
+
+  def filter(self, paths: stages.Paths, todo: list[stages.Shard]) -> None:
     print(f"[curate:filter] beam: {len(todo)} shards", flush=True)
-    filter_stage(paths, todo, cfg, cfg_json, opts)
-  if not os.path.exists(os.path.join(paths.dedup, "stats.json")):
+    filter_stage(paths, todo, self.cfg, self.cfg_json, self.opts)
+
+  def dedup(self, paths: stages.Paths, keys: list[str]) -> None:
     print("[curate:dedup] beam", flush=True)
-    dedup_stage(paths, keys, cfg, cfg_json, opts)
-  if cfg.quality.enabled and not os.path.exists(os.path.join(paths.quality, "threshold.json")):
+    dedup_stage(paths, keys, self.cfg, self.cfg_json, self.opts)
+
+  def quality(self, paths: stages.Paths, keys: list[str]) -> None:
     print("[curate:quality] beam", flush=True)
-    quality_stage(paths, keys, cfg, cfg_json, opts)
-  _decisions.cache_clear()
-  _scores.cache_clear()
-  todo_keys = [k for k in keys if not os.path.exists(paths.shard_file(paths.output, k, "stats"))]
-  if todo_keys:
-    print(f"[curate:write] beam: {len(todo_keys)} shards", flush=True)
-    write_stage(paths, todo_keys, cfg_json, opts)
+    _decisions.cache_clear()   # this process may hold an earlier run's files
+    quality_stage(paths, keys, self.cfg, self.cfg_json, self.opts)
+
+  def write(self, paths: stages.Paths, todo: list[str]) -> None:
+    _decisions.cache_clear()   # this process may hold an earlier run's files
+    _scores.cache_clear()
+    print(f"[curate:write] beam: {len(todo)} shards", flush=True)
+    write_stage(paths, todo, self.cfg_json, self.opts)

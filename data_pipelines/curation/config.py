@@ -25,8 +25,9 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Inputs: a list of {name, paths (globs), format: warc|jsonl|text, text_field,
   # text_split: file|line|paragraph (format=text)}. Each matched file is a shard.
+  # The work directory is not a config field: it is `pipeline.run`'s argument
+  # (the CLI's --workdir), and one workdir holds one config's run.
   c.inputs = []
-  c.workdir = ""
 
   c.extract = ml_collections.ConfigDict(dict(
       main_content=True, preserve_formatting=True, list_bullets=True, alt_texts=False,

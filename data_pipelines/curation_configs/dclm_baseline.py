@@ -5,7 +5,7 @@ MinHash + Bloom-filter dedup, fastText quality filter (top 10%).
   python -m data_pipelines.curate --config=data_pipelines/curation_configs/dclm_baseline.py \
       --config.inputs='[{"name": "cc", "paths": ["/data/cc/*.warc.gz"], "format": "warc"}]' \
       --config.quality.positive='["/data/oh25.jsonl"]' --config.quality.negative='["/data/rw.jsonl"]' \
-      --workdir=/data/curated --runner=direct -- --direct_num_workers=2
+      --workdir=/data/curated --runner=direct --beam_args=--direct_num_workers=2
 """
 from data_pipelines.curation import config as config_lib
 
