@@ -15,15 +15,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import batching, corpus, lm_data
+from data_pipelines import batching, lm_sources
 from experiments.configs import lm_quickstart
 from framework import config as config_lib
 from framework import mesh as mesh_lib
 from framework import metrics as metrics_lib
 from framework import trainer
+from models import registry
 from models import transformer
-
-DTYPES = transformer.DTYPES
 
 
 def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -31,7 +30,10 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
   config_lib.check_keys(config, lm_quickstart.get_config())
   sizes = mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), jax.device_count())
   req = config_lib.require
-  req(config.model.dtype in DTYPES, "model.dtype", f"{config.model.dtype!r} not in {list(DTYPES)}")
+  try:
+    registry.make_config(config.model)
+  except (TypeError, ValueError) as err:
+    raise config_lib.ConfigError(str(err)) from None
   req(config.data.seq_len > 1, "data.seq_len", "must be > 1")
   batch_shards = sizes["data"] * sizes["fsdp"]
   gbs = int(config.data.global_batch_size)
@@ -43,13 +45,21 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
   req((gbs // mb) % batch_shards == 0, "trainer.num_microbatches",
       f"each micro-batch ({gbs // mb}) must still split over {batch_shards} batch shards")
   req(config.trainer.total_steps > 0, "trainer.total_steps", "must be positive")
-  if config.data.source == "files":
+  source = config.data.source
+  req(source in lm_sources.SOURCES, "data.source",
+      f"{source!r} must be one of {', '.join(repr(s) for s in lm_sources.SOURCES)}")
+  if source == "files":
     for field in ("train_path", "validation_path"):
       path = config.data[field]
       req(bool(path) and os.path.exists(path), f"data.{field}", f"file not found: {path!r}")
-  else:
-    req(config.data.source == "pydoc", "data.source",
-        f"{config.data.source!r} must be 'pydoc' or 'files'")
+  elif source == "curated":
+    try:
+      lm_sources.curated_shards(config.data.curated_dir)   # the message names the field
+    except FileNotFoundError as err:
+      raise config_lib.ConfigError(str(err)) from None
+    fraction = float(config.data.curated_validation_fraction)
+    req(0.0 < fraction < 1.0, "data.curated_validation_fraction",
+        f"{fraction} must be in (0, 1): the held-out share of the curated documents")
   if config.data.vocab == "sentencepiece":
     req(os.path.exists(config.data.vocab_path), "data.vocab_path",
         f"file not found: {config.data.vocab_path!r}")
@@ -57,7 +67,8 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 
 def model_config(config: ml_collections.ConfigDict) -> transformer.TransformerConfig:
-  return transformer.config_from_mapping(config.model, int(config.data.seq_len))
+  """The model's config dataclass (`config.model` splatted into it)."""
+  return registry.make_config(config.model)
 
 
 def eval_batches_fn(arrays: dict[str, np.ndarray], global_batch: int, num_batches: int):
@@ -73,7 +84,7 @@ def eval_batches_fn(arrays: dict[str, np.ndarray], global_batch: int, num_batche
   return batches
 
 
-def plot_losses(workdir: str, unigram: float) -> str:
+def plot_losses(workdir: str, unigram: float | None) -> str:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -85,7 +96,8 @@ def plot_losses(workdir: str, unigram: float) -> str:
     ax.plot(*zip(*train), label="train loss")
   if evals:
     ax.plot(*zip(*evals), "o-", label="eval loss")
-  ax.axhline(unigram, color="gray", ls="--", label=f"unigram entropy {unigram:.2f}")
+  if unigram is not None:
+    ax.axhline(unigram, color="gray", ls="--", label=f"unigram entropy {unigram:.2f}")
   ax.set_xlabel("step")
   ax.set_ylabel("nats / token")
   ax.legend()
@@ -102,15 +114,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
-  arrays = lm_data.lm_arrays_from_config(config.data)
+  arrays = lm_sources.arrays_from_config(config.data)
   gbs = int(config.data.global_batch_size)
+  # The trainer sees host-local batches: global batch / process count rows.
   train_iter = batching.BatchIterator(
       arrays["train"], gbs, seed=int(config.seed),
       shard_index=jax.process_index(), num_shards=jax.process_count())
-  # The trainer sees host-local batches: global batch / process count rows.
-  train_iter.global_batch_size = gbs
+  if int(config.data.eval_batches) > 0 and len(arrays["validation"]["targets"]) < gbs:
+    logging.warning("the validation split packs into %d sequences, fewer than one global "
+                    "batch of %d: no evaluation", len(arrays["validation"]["targets"]), gbs)
   mcfg = model_config(config)
-  model = transformer.TransformerLM(mcfg)
+  model = registry.build(config.model)
   result = trainer.train(
       config, model, train_iter, workdir=workdir,
       eval_batches=eval_batches_fn(arrays["validation"], gbs, int(config.data.eval_batches)),
@@ -125,12 +139,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
       "train_loss": result.metrics.get("loss"),
       "eval_loss": result.eval_metrics.get("loss"),
       "eval_accuracy": result.eval_metrics.get("accuracy"),
+      "train_tokens": int(arrays["train"]["weights"].sum()),   # non-padding targets, one epoch
+      "train_sequences": len(arrays["train"]["targets"]),
   }
-  if config.data.source == "pydoc" and jax.process_index() == 0:
-    texts = corpus.read_jsonl_texts(corpus.build_pydoc_corpus(
-        os.path.expanduser(config.data.data_dir))["train"])
-    unigram = corpus.unigram_entropy_nats(texts)
-    summary["unigram_entropy"] = unigram
+  if jax.process_index() == 0:
+    # Reference line: the training text's unigram entropy in the model's units.
+    reference = lm_sources.unigram_entropy(config.data)
+    unigram, unit = reference if reference is not None else (None, "token")
+    if unigram is not None:
+      summary["unigram_entropy"] = unigram
     plot_losses(workdir, unigram)
     records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     perf = [r for r in records if "perf/tokens_per_s" in r]
@@ -139,11 +156,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
       summary["mfu"] = perf[-1].get("perf/mfu")
     with open(os.path.join(workdir, "report.md"), "w") as f:
       f.write("# LM quickstart report\n\n")
+      f.write(f"Data: source `{config.data.source}`, vocabulary `{config.data.vocab}`.\n\n")
       f.write("| figure | value |\n|---|---|\n")
       for k, v in summary.items():
         f.write(f"| {k} | {v if not isinstance(v, float) else f'{v:.4g}'} |\n")
-      if summary.get("eval_loss") is not None:
-        f.write(f"\nEval loss {summary['eval_loss']:.3f} nats/byte vs the corpus' byte "
+      if unigram is None:
+        f.write("\nNo unigram reference: the training split holds no text. "
+                "Loss curve: loss.png.\n")
+      elif summary.get("eval_loss") is not None:
+        f.write(f"\nEval loss {summary['eval_loss']:.3f} nats/{unit} vs the corpus' {unit} "
                 f"unigram entropy {unigram:.3f}: the model learned "
                 f"{'beyond' if summary['eval_loss'] < unigram else 'less than'} unigram "
                 "statistics. Loss curve: loss.png.\n")

@@ -11,8 +11,9 @@ from typing import Any
 
 import ml_collections
 
-# Sub-trees whose keys are free-form (passed through as keyword arguments).
-FREE_FORM = ("optimizer.kwargs",)
+# Sub-trees whose keys are free-form here: optimizer keyword arguments, and the
+# model's fields, which `models.registry` checks against the named model.
+FREE_FORM = ("optimizer.kwargs", "model")
 
 
 class ConfigError(ValueError):

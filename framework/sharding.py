@@ -23,6 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 Rules = Sequence[tuple[str, Any]]
 
+# The one default: configs take these (`config.sharding.rules`) and override
+# entries as needed.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     # activations
     ("activation_batch", ("data", "fsdp")),
@@ -79,10 +81,19 @@ def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh, where: str) -> P:
   return P(*fitted[:len(shape)])
 
 
-def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
-  """NamedShardings for a tree of (possibly `nn.LogicallyPartitioned`) leaves."""
-  logical_specs = nn.get_partition_spec(abstract_boxed)
+def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules,
+                      logical_axes: Any = None) -> Any:
+  """NamedShardings for a tree of (possibly `nn.LogicallyPartitioned`) leaves.
+
+  Names come from the boxes, or from `logical_axes` (a tree of tuples of
+  names, or None, one per leaf) for models whose parameters are plain arrays.
+  """
   unboxed = nn.meta.unbox(abstract_boxed)
+  if logical_axes is None:
+    logical_specs = nn.get_partition_spec(abstract_boxed)
+  else:
+    logical_specs = jax.tree.map(lambda names: P(*names) if names is not None else None,
+                                 logical_axes, is_leaf=lambda x: isinstance(x, tuple) or x is None)
   rules = normalize_rules(rules)
 
   def one(path, spec, leaf):
@@ -135,12 +146,26 @@ def follow_param_shardings(tree: Any, params: Any, param_shardings: Any,
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Batch dimension over (data, fsdp); the rest replicated."""
-  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int = 2, stacked: bool = False) -> NamedSharding:
+  """Batch dimension over (data, fsdp); the rest replicated (scalars: replicated).
+
+  stacked: a leading axis of steps comes first ([steps, batch, ...]).
+  """
+  lead = (None,) if stacked else ()
+  if ndim - len(lead) <= 0:
+    return NamedSharding(mesh, P())
+  return NamedSharding(mesh, P(*lead, BATCH_AXES, *([None] * (ndim - len(lead) - 1))))
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def example_global_batch(local: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Zeros shaped like the global batch that host-local `local` is a slice of."""
+  n = jax.process_count()
+  return {k: np.zeros((np.shape(v)[0] * n,) + np.shape(v)[1:], np.asarray(v).dtype)
+          if np.ndim(v) else np.zeros((), np.asarray(v).dtype) for k, v in local.items()}
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh,
+                 stacked: bool = False) -> dict[str, jax.Array]:
   """Host-local numpy arrays -> global arrays sharded over (data, fsdp).
 
   Each process passes its own slice of the global batch (leading dimension
@@ -149,5 +174,6 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
   out = {}
   for key, value in local_batch.items():
     value = np.asarray(value)
-    out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value)
+    out[key] = jax.make_array_from_process_local_data(
+        batch_sharding(mesh, value.ndim, stacked), value)
   return out

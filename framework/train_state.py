@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from framework import sharding as sharding_lib
+from models import contract
 
 
 @flax.struct.dataclass
@@ -28,30 +29,34 @@ class TrainState:
   rng: jax.Array  # raw uint32[2] key data, so checkpoints need no PRNG-key dtype
 
 
-def _init_params(model: nn.Module, rng: jax.Array, example_batch: dict[str, Any]) -> Any:
-  return model.init(rng, example_batch, method="loss")["params"]
+def param_shardings(model: Any, rng: jax.Array, example_batch: dict[str, Any], mesh: Mesh,
+                    rules: Any) -> tuple[Any, Any]:
+  """(abstract unboxed params, their NamedShardings) from the model's logical names."""
+  model = contract.as_model(model)
+  boxed = jax.eval_shape(model.init, rng, example_batch)
+  params = nn.meta.unbox(boxed)
+  axes = model.logical_axes(params) if hasattr(model, "logical_axes") else None
+  return params, sharding_lib.logical_shardings(boxed, mesh, rules, logical_axes=axes)
 
 
-def state_shardings(model: nn.Module, tx: optax.GradientTransformation,
+def state_shardings(model: Any, tx: optax.GradientTransformation,
                     example_batch: dict[str, Any], mesh: Mesh, rules: Any,
                     seed: int = 0) -> tuple[TrainState, TrainState]:
   """Returns (abstract_state, shardings) for the train state."""
-  rng = jax.random.PRNGKey(seed)
-  boxed = jax.eval_shape(lambda r, b: _init_params(model, r, b), rng, example_batch)
-  param_shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
-  params = nn.meta.unbox(boxed)
+  params, shardings_p = param_shardings(model, jax.random.PRNGKey(seed), example_batch, mesh,
+                                         rules)
   opt_state = jax.eval_shape(tx.init, params)
-  opt_shardings = sharding_lib.follow_param_shardings(opt_state, params, param_shardings, mesh)
+  opt_shardings = sharding_lib.follow_param_shardings(opt_state, params, shardings_p, mesh)
   replicated = NamedSharding(mesh, P())
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                         opt_state=opt_state,
                         rng=jax.eval_shape(lambda: jax.random.PRNGKey(0)))
-  shardings = TrainState(step=replicated, params=param_shardings,
+  shardings = TrainState(step=replicated, params=shardings_p,
                          opt_state=opt_shardings, rng=replicated)
   return abstract, shardings
 
 
-def create_sharded_state(model: nn.Module, tx: optax.GradientTransformation,
+def create_sharded_state(model: Any, tx: optax.GradientTransformation,
                          example_batch: dict[str, Any], mesh: Mesh, rules: Any,
                          seed: int = 0) -> tuple[TrainState, TrainState]:
   """Initialises the train state directly in its sharded layout.
@@ -59,11 +64,12 @@ def create_sharded_state(model: nn.Module, tx: optax.GradientTransformation,
   Returns (state, shardings). Parameters depend only on `seed`, not on the
   mesh, so the same seed gives the same model on 1 or many devices.
   """
+  model = contract.as_model(model)
   _, shardings = state_shardings(model, tx, example_batch, mesh, rules, seed)
 
   def init(rng):
     param_rng, state_rng = jax.random.split(rng)
-    params = nn.meta.unbox(_init_params(model, param_rng, example_batch))
+    params = nn.meta.unbox(model.init(param_rng, example_batch))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=state_rng)
 

@@ -1,7 +1,7 @@
-"""The jitted train and eval steps.
+"""The jitted train and eval steps, for any model that meets `models.contract`.
 
-Models expose `loss(batch) -> {"loss": sum, "tokens": count, <metric>: sum}`
-(sums, not means). The step divides by the total token count, so gradient
+Models give `loss(params, batch) -> {"loss": sum, "tokens" or "count": n,
+<metric>: sum}` (sums, not means). The step divides by the count, so gradient
 accumulation over M micro-batches is exactly one big batch:
 
   g = (sum_m grad sum_{t in m} l_t) / (sum_m |m|).
@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from framework import sharding as sharding_lib
 from framework.train_state import TrainState
+from models import contract
 
 NAN_POLICIES = ("skip", "stop")
 
@@ -39,14 +40,15 @@ def _split_microbatches(batch: dict[str, jax.Array], num: int) -> dict[str, jax.
   return jax.tree.map(split, batch)
 
 
-def _loss_sums(model: nn.Module, params: Any, batch: dict[str, jax.Array]):
-  sums = model.apply({"params": params}, batch, method="loss")
+def _loss_sums(model: contract.Model, params: Any, batch: dict[str, jax.Array]):
+  sums = model.loss(params, batch)
   return sums["loss"], sums
 
 
-def compute_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array],
+def compute_grads(model: Any, params: Any, batch: dict[str, jax.Array],
                   num_microbatches: int = 1):
   """Returns (summed grads, summed metrics) over all micro-batches."""
+  model = contract.as_model(model)
   grad_fn = jax.grad(lambda p, b: _loss_sums(model, p, b), has_aux=True)
   if num_microbatches <= 1:
     return grad_fn(params, batch)
@@ -68,26 +70,30 @@ def compute_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array],
   return grads, sums
 
 
-def _means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  tokens = jnp.maximum(sums["tokens"], 1.0)
-  out = {k: v / tokens for k, v in sums.items() if k != "tokens"}
-  out["tokens"] = sums["tokens"]
-  return out
+def means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Every sum divided by the count; the count itself is kept."""
+  count = jnp.maximum(contract.count_of(sums), 1.0)
+  return {k: (v if k in contract.COUNT_KEYS else v / count) for k, v in sums.items()}
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+def make_train_step(model: Any, tx: optax.GradientTransformation, *,
                     schedule: Callable[[Any], Any] | None = None,
                     num_microbatches: int = 1) -> Callable[[TrainState, dict], tuple]:
-  """The un-jitted step: (state, batch) -> (state, metrics)."""
+  """The un-jitted step: (state, batch) -> (state, metrics).
+
+  Pure in (state, batch), so it can be jitted, scanned (`scan_steps`) or
+  vmapped over a population of states (`framework.population`).
+  """
+  model = contract.as_model(model)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     grad_sums, sums = compute_grads(model, state.params, batch, num_microbatches)
-    tokens = jnp.maximum(sums["tokens"], 1.0)
-    grads = jax.tree.map(lambda g: g / tokens.astype(g.dtype), grad_sums)
+    count = jnp.maximum(contract.count_of(sums), 1.0)
+    grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grad_sums)
     grad_norm = optax.global_norm(grads)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    metrics = _means(sums)
+    metrics = means(sums)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     rng, _ = jax.random.split(state.rng)
@@ -103,20 +109,42 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[Any, dict], dict]:
-  def eval_step(params, batch):
-    return model.apply({"params": params}, batch, method="loss")
-  return eval_step
+def make_eval_step(model: Any) -> Callable[[Any, dict], dict]:
+  """(params, batch) -> the model's loss sums (summed over eval batches by the loop)."""
+  return contract.as_model(model).loss
+
+
+def scan_steps(step_fn: Callable, num_steps: int, *, same_batch: bool = False) -> Callable:
+  """`num_steps` steps in one call via `lax.scan` (fewer dispatches for tiny models).
+
+  same_batch=False: every batch leaf has a leading axis of `num_steps` (one
+  batch per step). same_batch=True: the one batch is reused (full-batch
+  training). Returns the metrics of the last step.
+  """
+  if num_steps == 1 and not same_batch:
+    return step_fn
+
+  def many(state, batch):
+    def body(s, b):
+      s, metrics = step_fn(s, batch if same_batch else b)
+      return s, metrics
+    xs = None if same_batch else batch
+    state, metrics = jax.lax.scan(body, state, xs, length=num_steps)
+    return state, jax.tree.map(lambda m: m[-1], metrics)
+  return many
 
 
 def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh: Mesh,
-                   rules: Any, example_batch: dict[str, Any]) -> Callable:
+                   rules: Any, example_batch: dict[str, Any], stacked: bool = False) -> Callable:
   """jit with explicit in/out shardings and the state donated.
+
+  stacked: batches carry a leading axis of steps (`scan_steps`); the example
+  batch is one step's.
 
   The returned callable enters the mesh and logical-rule contexts so that
   activation constraints inside the model resolve against this mesh.
   """
-  batch_shardings = {k: sharding_lib.batch_sharding(mesh, jnp.ndim(v))
+  batch_shardings = {k: sharding_lib.batch_sharding(mesh, jnp.ndim(v) + stacked, stacked)
                      for k, v in example_batch.items()}
   replicated = NamedSharding(mesh, P())
   jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),

@@ -1,28 +1,31 @@
-"""The train loop: one readable function.
+"""`train`: the common loop (`framework.loop`) wired with the standard hooks.
 
   mesh -> sharded state (or resume from the newest finished checkpoint) ->
-  for step: global batch -> jitted step -> metrics (one step behind, so the
-  host never stalls the device) -> periodic log / eval / checkpoint.
+  Loop(jitted step, batches) with hooks: NaN guard, metrics + progress,
+  eval, checkpoints, and whatever the caller adds (`hooks=[(fn, every)]`).
 
-Preemption: SIGTERM (and SIGINT) set a flag; the loop saves a checkpoint at
-the current step, waits for it, and returns with `preempted=True`.
+Any model that meets `models.contract` trains here: the transformer LM, the
+MLP/CNN classifiers and every study's model. `trainer.steps_per_call > 1` runs
+that many steps per dispatch (`train_step.scan_steps`), drawing one batch
+per step, or reusing one batch when `trainer.full_batch` is set.
+
+Preemption: SIGTERM (and SIGINT) stop the loop after the current step; the
+checkpoint hook saves that step and `train` returns with `preempted=True`.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import signal
-import threading
-import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 from framework import checkpoint as checkpoint_lib
 from framework import flops as flops_lib
+from framework import hooks as hooks_lib
+from framework import loop as loop_lib
 from framework import mesh as mesh_lib
 from framework import metrics as metrics_lib
 from framework import optim
@@ -30,10 +33,10 @@ from framework import progress as progress_lib
 from framework import sharding as sharding_lib
 from framework import train_state as train_state_lib
 from framework import train_step as train_step_lib
+from models import contract
 
-
-class NonFiniteLossError(FloatingPointError):
-  """Raised under nan_policy='stop' when a step produced a non-finite loss/grad."""
+NonFiniteLossError = hooks_lib.NonFiniteLossError
+evaluate = hooks_lib.evaluate
 
 
 @dataclasses.dataclass
@@ -44,62 +47,53 @@ class TrainResult:
   eval_metrics: dict[str, float]
   preempted: bool
   resumed_from: Optional[int]
+  stop_reason: Optional[str] = None
 
 
-class _PreemptionFlag:
-  """Sets itself on SIGTERM/SIGINT while installed (main thread only)."""
+class _Batches:
+  """Host batches -> global device batches, `steps_per_call` at a time."""
 
-  def __init__(self):
-    self.event = threading.Event()
-    self._old = {}
+  def __init__(self, it: Iterator, mesh, steps_per_call: int, full_batch: bool):
+    self.it, self.mesh, self.k, self.full = it, mesh, steps_per_call, full_batch
+    self._cached = None
 
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, lambda *_: self.event.set())
+  def __iter__(self):
     return self
 
-  def __exit__(self, *exc):
-    for sig, handler in self._old.items():
-      signal.signal(sig, handler)
-
-  @property
-  def requested(self) -> bool:
-    return self.event.is_set()
-
-
-def _example_global_batch(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  n = jax.process_count()
-  return {k: np.zeros((v.shape[0] * n,) + v.shape[1:], v.dtype) for k, v in local.items()}
+  def __next__(self):
+    if self.full:
+      if self._cached is None:
+        self._cached = sharding_lib.global_batch(next(self.it), self.mesh)
+      return self._cached
+    if self.k == 1:
+      return sharding_lib.global_batch(next(self.it), self.mesh)
+    host = [next(self.it) for _ in range(self.k)]
+    stacked = {key: np.stack([b[key] for b in host]) for key in host[0]}
+    return sharding_lib.global_batch(stacked, self.mesh, stacked=True)
 
 
-def evaluate(eval_step: Callable, params: Any, batches: Iterable[dict[str, np.ndarray]],
-             mesh) -> dict[str, float]:
-  """Token-weighted means over all eval batches."""
-  totals: dict[str, float] = {}
-  for batch in batches:
-    sums = jax.device_get(eval_step(params, sharding_lib.global_batch(batch, mesh)))
-    for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  tokens = max(totals.get("tokens", 0.0), 1.0)
-  return {k: (v / tokens if k != "tokens" else v) for k, v in totals.items()}
-
-
-def train(config: Any, model: nn.Module, train_iter: Iterator[dict[str, np.ndarray]], *,
+def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], *,
           workdir: str,
           eval_batches: Optional[Callable[[], Iterable[dict[str, np.ndarray]]]] = None,
           flops_per_token: float = 0.0,
           mesh=None,
-          step_callback: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
-  """Trains `model` on batches from `train_iter` as `config` says.
+          step_callback: Optional[Callable[[int, dict], None]] = None,
+          hooks: Sequence[tuple[Callable[[loop_lib.StepInfo], Any], int]] = (),
+          init_state: Optional[Callable[[Any], Any]] = None) -> TrainResult:
+  """Trains `model` (anything meeting `models.contract`) as `config` says.
 
   `train_iter` yields host-local numpy batches and, to be resumable, has
   `get_state()` / `set_state()`. `config` needs: seed, mesh.shape,
   sharding.rules, optimizer, schedule, trainer (total_steps,
-  num_microbatches, log_every, eval_every, nan_policy, peak_flops),
-  checkpoint (enabled, every, keep, async_save).
-  `step_callback(step, metrics)` runs after each step's metrics are fetched.
+  num_microbatches, log_every, eval_every, nan_policy, peak_flops; optional
+  steps_per_call, full_batch), checkpoint (enabled, every, keep, async_save).
+  `step_callback(step, metrics)` runs after every step with host metrics
+  (it makes each step wait for the host: for tests and small studies).
+  `hooks`: extra (fn(info), every) pairs, run after the standard ones.
+  `init_state(state) -> state` adjusts a fresh (not resumed) state, e.g. to
+  load parameters the study initialises itself.
   """
+  model = contract.as_model(model)
   tcfg = config.trainer
   if tcfg.nan_policy not in train_step_lib.NAN_POLICIES:
     raise ValueError(f"config.trainer.nan_policy={tcfg.nan_policy!r} must be one of "
@@ -107,18 +101,16 @@ def train(config: Any, model: nn.Module, train_iter: Iterator[dict[str, np.ndarr
   mesh = mesh if mesh is not None else mesh_lib.create_mesh(dict(config.mesh.shape))
   rules = sharding_lib.normalize_rules(config.sharding.rules)
   total_steps = int(tcfg.total_steps)
+  steps_per_call = int(tcfg.get("steps_per_call", 1))
+  full_batch = bool(tcfg.get("full_batch", False))
   schedule = optim.make_schedule(config.schedule, total_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
 
-  has_state = hasattr(train_iter, "get_state") and hasattr(train_iter, "set_state")
-  if has_state:
-    position = train_iter.get_state()
-    first = next(train_iter)
-    train_iter.set_state(position)
-  else:
+  if not (hasattr(train_iter, "get_state") and hasattr(train_iter, "set_state")):
     raise TypeError("train_iter must offer get_state()/set_state() to be resumable")
-  example = _example_global_batch(first)
-  tokens_per_step = int(np.prod(example[next(iter(example))].shape[:2]))
+  position = train_iter.get_state()
+  example = sharding_lib.example_global_batch(next(train_iter))
+  train_iter.set_state(position)
 
   state, shardings = train_state_lib.create_sharded_state(
       model, tx, example, mesh, rules, seed=int(config.seed))
@@ -137,99 +129,63 @@ def train(config: Any, model: nn.Module, train_iter: Iterator[dict[str, np.ndarr
         train_iter.set_state(data_state)
       resumed_from = latest
       logging.info("resumed from checkpoint step %d in %s", latest, ckpt.directory)
+  if resumed_from is None and init_state is not None:
+    state = jax.device_put(init_state(state), shardings)
 
+  step_fn = train_step_lib.make_train_step(model, tx, schedule=schedule,
+                                           num_microbatches=int(tcfg.num_microbatches))
   step_fn = train_step_lib.jit_train_step(
-      train_step_lib.make_train_step(model, tx, schedule=schedule,
-                                     num_microbatches=int(tcfg.num_microbatches)),
-      shardings, mesh, rules, example)
-  eval_fn = None
-  if eval_batches is not None:
-    eval_fn = train_step_lib.jit_eval_step(train_step_lib.make_eval_step(model),
-                                           shardings.params, mesh, rules, example)
+      train_step_lib.scan_steps(step_fn, steps_per_call, same_batch=full_batch),
+      shardings, mesh, rules, example, stacked=steps_per_call > 1 and not full_batch)
+  put = lambda b: sharding_lib.global_batch(b, mesh)
 
   is_main = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   peak, peak_source = flops_lib.peak_flops_per_device(float(tcfg.get("peak_flops", 0.0)))
-  n_devices = mesh.devices.size
   start_step = int(jax.device_get(state.step))
   progress = progress_lib.Progress(total_steps, "train", start=start_step,
                                    every_s=float(tcfg.get("progress_every_s", 10.0)),
                                    unit="step", print_fn=(lambda s: logging.info("%s", s))
                                    if not tcfg.get("print_progress", True) else None)
   if is_main:
-    logging.info("training %d params on mesh %s; %d tokens/step; peak %.3g FLOP/s/device (%s)",
-                 train_state_lib.param_count(state.params), dict(mesh.shape), tokens_per_step,
-                 peak, peak_source)
+    logging.info("training %d params on mesh %s; peak %.3g FLOP/s/device (%s)",
+                 train_state_lib.param_count(state.params), dict(mesh.shape), peak, peak_source)
 
-  last_metrics: dict[str, float] = {}
-  eval_metrics: dict[str, float] = {}
-  window_t0, window_steps = time.perf_counter(), 0
-  pending = None  # (step, device metrics) of the step before
-  preempted = False
+  loop = loop_lib.Loop(step_fn, state, _Batches(train_iter, mesh, steps_per_call, full_batch),
+                       total_steps=total_steps, start_step=start_step,
+                       steps_per_call=steps_per_call)
+  log = hooks_lib.LogMetrics(writer, flops_per_token=flops_per_token,
+                             peak_flops_total=peak * mesh.devices.size, progress=progress,
+                             start_step=start_step)
+  nan_guard = hooks_lib.NanGuard(tcfg.nan_policy)
+  loop.add_hook(log.accumulate, every=1)
+  loop.add_hook(nan_guard, every=1)
+  if step_callback is not None:
+    loop.add_hook(lambda info: step_callback(info.step, info.metrics), every=1)
+  if ckpt is not None:
+    loop.add_hook(hooks_lib.SaveCheckpoint(ckpt, train_iter.get_state),
+                  every=int(config.checkpoint.every), at_end=True)
+  evaluator = None
+  if eval_batches is not None:
+    eval_fn = train_step_lib.jit_eval_step(train_step_lib.make_eval_step(model),
+                                           shardings.params, mesh, rules, example)
+    evaluator = hooks_lib.Evaluate(eval_fn, eval_batches, writer=writer, put_batch=put)
+    loop.add_hook(evaluator, every=int(tcfg.eval_every), at_end=True)
+  loop.add_hook(log, every=int(tcfg.log_every), at_end=True)
+  loop.add_hook(nan_guard.report, every=int(tcfg.log_every), at_end=True)
+  for fn, every in hooks:
+    loop.add_hook(fn, every=int(every))
 
-  def finish_pending():
-    nonlocal last_metrics, window_t0, window_steps
-    step_no, dev_metrics = pending
-    host = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
-    last_metrics = host
-    if host.get("nonfinite", 0.0) > 0:
-      msg = (f"step {step_no}: non-finite loss={host['loss']} or grad_norm="
-             f"{host['grad_norm']}; the update was skipped")
-      if tcfg.nan_policy == "stop":
-        raise NonFiniteLossError(msg + " (nan_policy='stop')")
-      logging.warning("%s (nan_policy='skip')", msg)
-    if step_callback is not None:
-      step_callback(step_no, host)
-    window_steps += 1
-    log_now = step_no % int(tcfg.log_every) == 0 or step_no == total_steps
-    if log_now:
-      elapsed = time.perf_counter() - window_t0
-      step_time = elapsed / max(window_steps, 1)
-      tps = tokens_per_step / step_time
-      record = {f"train/{k}": v for k, v in host.items()}
-      record.update({"perf/step_time_s": step_time, "perf/tokens_per_s": tps})
-      if flops_per_token:
-        record["perf/mfu"] = flops_per_token * tps / (n_devices * peak)
-      writer.write(step_no, record)
-      window_t0, window_steps = time.perf_counter(), 0
-      progress.update(0, force=False, loss=host["loss"], tok_s=round(tps),
-                      **({"mfu": record["perf/mfu"]} if flops_per_token else {}))
-
-  with _PreemptionFlag() as preemption:
-    try:
-      step = start_step
-      while step < total_steps:
-        batch = next(train_iter)
-        state, dev_metrics = step_fn(state, sharding_lib.global_batch(batch, mesh))
-        step += 1
-        progress.count = step
-        if pending is not None:
-          finish_pending()
-        pending = (step, dev_metrics)
-        if ckpt is not None:
-          ckpt.save(step, state, train_iter.get_state())
-        if eval_fn is not None and (step % int(tcfg.eval_every) == 0 or step == total_steps):
-          eval_metrics = evaluate(eval_fn, state.params, eval_batches(), mesh)
-          writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-          if is_main:
-            logging.info("step %d eval: %s", step,
-                         ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-        if preemption.requested:
-          logging.warning("preemption signal: saving step %d and stopping", step)
-          if ckpt is not None:
-            ckpt.save(step, state, train_iter.get_state(), force=True)
-          preempted = True
-          break
-      if pending is not None:
-        finish_pending()
-        pending = None
-      if ckpt is not None and not preempted:
-        ckpt.save(step, state, train_iter.get_state(), force=True)
-    finally:
-      if ckpt is not None:
-        ckpt.close()
-      writer.close()
-
-  return TrainResult(state=state, final_step=int(jax.device_get(state.step)),
-                     metrics=last_metrics, eval_metrics=eval_metrics,
-                     preempted=preempted, resumed_from=resumed_from)
+  try:
+    result = loop.run()
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+    writer.close()
+  if result.preempted:
+    logging.warning("preempted: saved step %d and stopped", result.step)
+  return TrainResult(state=result.state, final_step=int(jax.device_get(result.state.step)),
+                     metrics=result.metrics,
+                     eval_metrics=evaluator.last if evaluator is not None else {},
+                     preempted=result.preempted, resumed_from=resumed_from,
+                     stop_reason=result.stop_reason)

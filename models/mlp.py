@@ -2,16 +2,21 @@
 
 f(x) = W_L act(... act(W_1 x + b_1) ...) + b_L. `loss` gives summed softmax
 cross-entropy and accuracy for a batch {"x": [B, d_in], "y": [B] int labels},
-in the same form as the language model so the framework drives both alike.
+in the same form as the language model so the framework drives both alike
+(`models.contract`; registered as `model.name=mlp`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+
+from models import contract
+from models import losses
+from models import registry
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu, "tanh": jnp.tanh,
@@ -49,10 +54,17 @@ class MLP(nn.Module):
     return x.astype(jnp.float32)
 
   def loss(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    logits = self(batch["x"])
-    labels = batch["y"]
-    weights = batch.get("weights", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
-    xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return {"loss": jnp.sum(xent * weights), "accuracy": jnp.sum(correct * weights),
-            "tokens": jnp.sum(weights)}
+    return losses.classification_sums(self(batch["x"]), batch["y"], batch.get("weights"))
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig:
+  hidden_sizes: Sequence[int] = (64,)
+  num_outputs: int = 10
+  activation: str = "relu"
+  use_bias: bool = True
+
+
+@registry.register("mlp", MLPConfig)
+def build(cfg: MLPConfig) -> contract.FlaxModel:
+  return contract.FlaxModel(MLP(**dataclasses.asdict(cfg)))

@@ -25,6 +25,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from models import contract
+from models import registry
+
 Array = jax.Array
 DType = Any
 
@@ -38,7 +41,6 @@ class TransformerConfig:
   num_kv_heads: int = 2
   head_dim: int = 32
   d_ff: int = 768
-  max_len: int = 2048
   rope_theta: float = 10_000.0
   tie_embeddings: bool = True
   norm_eps: float = 1e-6
@@ -47,6 +49,13 @@ class TransformerConfig:
   remat: bool = False
 
   def __post_init__(self):
+    # Configs name dtypes as strings ("bfloat16"); the module wants jnp dtypes.
+    for field in ("dtype", "param_dtype"):
+      value = getattr(self, field)
+      if isinstance(value, str):
+        if value not in DTYPES:
+          raise ValueError(f"model.{field}={value!r} must be one of {list(DTYPES)}")
+        object.__setattr__(self, field, DTYPES[value])
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of "
@@ -54,17 +63,6 @@ class TransformerConfig:
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def config_from_mapping(m: Mapping[str, Any], seq_len: int) -> TransformerConfig:
-  """TransformerConfig from a plain mapping (e.g. `config.model`), dtype by name."""
-  if m["dtype"] not in DTYPES:
-    raise ValueError(f"model.dtype={m['dtype']!r} must be one of {list(DTYPES)}")
-  return TransformerConfig(
-      vocab_size=m["vocab_size"], d_model=m["d_model"], num_layers=m["num_layers"],
-      num_heads=m["num_heads"], num_kv_heads=m["num_kv_heads"], head_dim=m["head_dim"],
-      d_ff=m["d_ff"], max_len=seq_len, rope_theta=m["rope_theta"],
-      tie_embeddings=m["tie_embeddings"], dtype=DTYPES[m["dtype"]], remat=m["remat"])
 
 
 def _dense_init(fan_in_axes: int = 1):
@@ -223,6 +221,11 @@ class TransformerLM(nn.Module):
   def loss(self, batch: Mapping[str, Array]) -> dict[str, Array]:
     logits = self(batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
     return lm_loss_sums(logits, batch["targets"], batch["weights"])
+
+
+@registry.register("transformer", TransformerConfig)
+def build(cfg: TransformerConfig) -> contract.FlaxModel:
+  return contract.FlaxModel(TransformerLM(cfg))
 
 
 def count_params(cfg: TransformerConfig) -> dict[str, int]:

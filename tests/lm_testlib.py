@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 
 from experiments.configs import lm_quickstart
-from models import transformer
+from models import registry
 
 
 def tiny_config(**trainer_overrides) -> ml_collections.ConfigDict:
@@ -22,9 +22,8 @@ def tiny_config(**trainer_overrides) -> ml_collections.ConfigDict:
   return c
 
 
-def tiny_model(config) -> transformer.TransformerLM:
-  from experiments import lm  # pylint: disable=g-import-not-at-top
-  return transformer.TransformerLM(lm.model_config(config))
+def tiny_model(config):
+  return registry.build(config.model)
 
 
 def synthetic_arrays(num: int = 64, seq_len: int = 16, vocab: int = 128,

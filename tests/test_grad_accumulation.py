@@ -25,7 +25,7 @@ class GradAccumulationTest(absltest.TestCase):
     arrays["weights"][:, 10:] = 0
     arrays["weights"][::3, 4:] = 0
     self.batch = {k: jnp.asarray(v) for k, v in arrays.items()}
-    self.params = self.model.init(jax.random.PRNGKey(0), self.batch, method="loss")["params"]
+    self.params = self.model.init(jax.random.PRNGKey(0), self.batch)
     self.params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, self.params,
                                is_leaf=lambda x: hasattr(x, "value"))
 

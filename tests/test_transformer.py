@@ -143,7 +143,7 @@ class MLPTest(absltest.TestCase):
         h = np.maximum(h, 0)
     np.testing.assert_allclose(model.apply({"params": params}, x), h, rtol=1e-5, atol=1e-6)
     sums = model.apply({"params": params}, {"x": x, "y": np.zeros(6, np.int32)}, method="loss")
-    self.assertEqual(float(sums["tokens"]), 6.0)
+    self.assertEqual(float(sums["count"]), 6.0)
 
   def test_unknown_activation_is_rejected(self):
     with self.assertRaisesRegex(ValueError, "unknown activation 'swish2'"):

@@ -231,7 +231,7 @@ def run_benchmark() -> Dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
   from framework import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from models import transformer  # pylint: disable=g-import-not-at-top
+  from models import registry, transformer  # pylint: disable=g-import-not-at-top
 
   s = sizes_from_flags()
   config = _CONFIG.value
@@ -241,7 +241,7 @@ def run_benchmark() -> Dict[str, Any]:
                                             "vocab_size")})
     config.data.seq_len = s["seq_len"]
     config.data.global_batch_size = s["batch"]
-  mcfg = transformer.config_from_mapping(config.model, s["seq_len"])
+  mcfg = registry.make_config(config.model)
   model = transformer.TransformerLM(mcfg)
   b, t = s["batch"], s["seq_len"]
   batch = random_batch(b, t)

@@ -49,11 +49,11 @@ def main(argv):
   from framework import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from framework import train_state as ts_lib  # pylint: disable=g-import-not-at-top
   from framework import train_step as step_lib  # pylint: disable=g-import-not-at-top
-  from models import transformer  # pylint: disable=g-import-not-at-top
+  from models import registry, transformer  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), jax.device_count())
-  mcfg = transformer.config_from_mapping(config.model, int(config.data.seq_len))
+  mcfg = registry.make_config(config.model)
   model = transformer.TransformerLM(mcfg)
   b, t = int(config.data.global_batch_size), int(config.data.seq_len)
   rng = np.random.default_rng(0)

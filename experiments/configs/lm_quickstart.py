@@ -9,13 +9,18 @@ for LM runs: other LM configs start from this one and override values.
 """
 import ml_collections
 
+from framework import sharding
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.runner = "experiments.lm"
   c.seed = 0
 
+  # `name` picks the model from `models.registry`; the other keys are the
+  # fields of its config dataclass (here `models.transformer.TransformerConfig`).
   c.model = ml_collections.ConfigDict(dict(
+      name="transformer",
       vocab_size=384,        # 259 byte ids, padded to a multiple of 128
       d_model=256, num_layers=4, num_heads=8, num_kv_heads=2, head_dim=32, d_ff=768,
       rope_theta=10_000.0, tie_embeddings=True,
@@ -24,8 +29,12 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   c.data = ml_collections.ConfigDict(dict(
-      source="pydoc",        # pydoc (built in, offline) | files
-      train_path="", validation_path="",   # JSONL with a `text` field, or text lines
+      source="pydoc",        # pydoc (built in, offline) | files | curated
+      train_path="", validation_path="",   # files: JSONL with a `text` field, or text lines
+      # curated: the --workdir of a `python -m data_pipelines.curate` run (its
+      # output/*.jsonl.zst shards); documents whose id hashes into the first
+      # `curated_validation_fraction` of the hash range are held out for eval.
+      curated_dir="", curated_validation_fraction=0.1,
       data_dir="~/.cache/armillary/data",
       vocab="byte", vocab_path="",
       task_name="",
@@ -36,13 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, tensor=1)))
   c.sharding = ml_collections.ConfigDict()
-  c.sharding.rules = (
-      ("activation_batch", ("data", "fsdp")), ("activation_length", None),
-      ("activation_embed", None), ("activation_heads", "tensor"), ("activation_kv", None),
-      ("activation_mlp", "tensor"), ("activation_vocab", "tensor"),
-      ("embed", "fsdp"), ("vocab", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
-      ("kv", None), ("mlp", "tensor"), ("norm", None), ("layers", None),
-  )
+  c.sharding.rules = sharding.DEFAULT_RULES
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0,
