@@ -87,6 +87,8 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
   model = contract.as_model(model)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    if getattr(model, "uses_step", False):
+      batch = dict(batch, step=state.step)
     grad_sums, sums = compute_grads(model, state.params, batch, num_microbatches)
     count = jnp.maximum(contract.count_of(sums), 1.0)
     grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grad_sums)

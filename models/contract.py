@@ -23,6 +23,10 @@ and optionally
       (e.g. {"u": ("neurons", "inputs")}). The config's sharding rules map
       the names to mesh axes.
 
+  uses_step = True
+      the train step adds the current step to the batch as `batch["step"]`
+      (for objectives with a schedule of their own, e.g. a decaying penalty).
+
 Flax modules meet the contract through `FlaxModel`, which calls the module's
 `loss` method; `as_model` wraps a module and passes anything else through.
 """
