@@ -35,7 +35,9 @@ Everything else:
     `precondition_filter(path, shape)` (e.g. embeddings) use the diagonal
     fallback: Adam's g / (sqrt(nu_hat) + diag_eps).
   * Grafting (graft_type): "adam" (bias-corrected RMS, no momentum), "rmsprop"
-    (no bias correction), "adagrad", "sgd" (the gradient), "none". The Shampoo
+    (no bias correction), "adagrad", "sgd" (the gradient), "none"; with
+    graft_b2 = 1 (default b2) the diagonal second moments of the graft and
+    the fallback are running sums without bias correction (Adagrad). The Shampoo
     direction of each block is rescaled to the norm of the graft direction of
     that block, so the whole update also has the graft's norm. Before
     start_preconditioning_step the graft direction itself is used ("none":
@@ -56,6 +58,11 @@ Everything else:
     also keeps the previous root but is not a failure.
   * Statistics, roots and moments are float32 whatever the parameter dtype;
     updates are returned in the gradient's dtype (bf16 works).
+
+The update is a chain of pure stages, each usable and testable on its own:
+`diagonal_direction` (second moment, graft / fallback direction),
+`update_factors` (statistics), `refresh_roots` (batched inverse roots),
+`shampoo_direction` (preconditioning + `graft_blocks`) and `momentum`.
 
 Usage:
 
@@ -235,6 +242,166 @@ def batched_roots(jobs: List[Tuple[jax.Array, jax.Array, float]], *,
   return results
 
 
+# ----------------------------------------------------------------------------
+# The update's stages. Each is a pure function of one parameter's (or a list
+# of parameters') arrays; `scale_by_shampoo` chains them.
+# ----------------------------------------------------------------------------
+
+
+def init_leaf(lay: kr.BlockLayout, p, *, needs_nu: bool,
+              diagnostics: bool) -> ShampooLeafState:
+  """Zero statistics, identity roots and zero second moment for parameter p."""
+  fails = on_mesh_of(p, jnp.zeros([], jnp.int32))
+  if lay.is_diagonal:
+    return ShampooLeafState((), (), jnp.zeros_like(p, dtype=jnp.float32), fails)
+  n = lay.num_blocks
+  factors = tuple(
+      on_mesh_of(p, jnp.zeros((n, b, b), jnp.float32)) if pre else None
+      for b, pre in zip(lay.block_shape, lay.preconditioned))
+  roots = tuple(
+      on_mesh_of(p, jnp.broadcast_to(jnp.eye(b, dtype=jnp.float32),
+                                     (n, b, b))) if pre else None
+      for b, pre in zip(lay.block_shape, lay.preconditioned))
+  nu = jnp.zeros_like(p, dtype=jnp.float32) if needs_nu else None
+  if not diagnostics:
+    return ShampooLeafState(factors, roots, nu, fails)
+  per_factor = lambda fill: tuple(
+      on_mesh_of(p, jnp.full((n,), fill, jnp.float32)) if pre else None
+      for pre in lay.preconditioned)
+  return ShampooLeafState(factors, roots, nu, fails, per_factor(0.0),
+                          per_factor(jnp.nan))
+
+
+def diagonal_direction(lay: kr.BlockLayout, g: jax.Array, nu: jax.Array,
+                       count: jax.Array, *, graft_type: str, b2, eps: float
+                       ) -> Tuple[jax.Array, jax.Array]:
+  """One parameter's diagonal second moment v and direction d (graft, fallback).
+
+  With t = count (1-based):
+    * graft "adam" and the diagonal fallback: v <- b2 v + (1 - b2) g^2,
+      d = g / (sqrt(v / (1 - b2^t)) + eps);
+    * graft "rmsprop": the same v, d = g / (sqrt(v) + eps);
+    * graft "adagrad", and every case with b2 = 1 (running sums, as for the
+      factors): v <- v + g^2, d = g / (sqrt(v) + eps).
+  Returns (v, d).
+  """
+  preconditioned = not lay.is_diagonal
+  if (graft_type == "adagrad" and preconditioned) or (
+      isinstance(b2, (int, float)) and b2 == 1):
+    nu = nu + g * g
+    return nu, g / (jnp.sqrt(nu) + eps)
+  nu = optax.tree.update_moment_per_elem_norm(g, nu, b2, 2)
+  if graft_type == "rmsprop" and preconditioned:
+    return nu, g / (jnp.sqrt(nu) + eps)
+  return nu, g / (jnp.sqrt(optax.tree.bias_correction(nu, b2, count)) + eps)
+
+
+def update_factors(lays: Sequence[kr.BlockLayout], blocks, factors, *,
+                   factor_update: str, b2) -> List[Any]:
+  """F_i <- b2 F_i + (1 - b2) S_i per factor (b2 = 1: running sums).
+
+  S_i = G_(i) G_(i)^T ("shampoo"; for a matrix L: G G^T, R: G^T G) or the
+  power-iteration step G_(i) ((x)_{j!=i} F~_j) G_(i)^T ("power") from the
+  previous factors. blocks / factors: per parameter, None / () for the
+  diagonal fallback.
+  """
+  out = []
+  for lay, x, fs in zip(lays, blocks, factors):
+    if lay.is_diagonal:
+      out.append(())
+      continue
+    if factor_update == "power":
+      stats = kr.power_factor_statistics(
+          x, [None if f is None else kr.normalise_factor(f) for f in fs])
+    else:
+      stats = kr.factor_statistics(x, lay.preconditioned)
+    out.append(tuple(None if f is None else kr.ema(f, s, b2)
+                     for f, s in zip(fs, stats)))
+  return out
+
+
+def refresh_roots(lays: Sequence[kr.BlockLayout], factors, roots, failures,
+                  diagnostics_state, *, exponent, epsilon: float, method: str,
+                  float64: bool, diagnostics: bool):
+  """New roots (F_i + epsilon lambda_max(F_i) I)^e of every factor, batched.
+
+  e = `resolve_exponent(exponent, order)` per parameter. A failed root keeps
+  the previous one and adds to the parameter's failure count (see
+  `batched_roots`). With diagnostics, also lambda_max(F_i) and the root's
+  residual per block. Returns (roots, failures, diagnostics_state), lists
+  aligned with `lays`.
+  """
+  jobs, where = [], []
+  for li, (lay, fs, rs) in enumerate(zip(lays, factors, roots)):
+    e = resolve_exponent(exponent, lay.order)
+    for ai, (f, r) in enumerate(zip(fs, rs)):
+      if f is not None:
+        jobs.append((f, r, e))
+        where.append((li, ai))
+  res = batched_roots(jobs, epsilon=epsilon, method=method, float64=float64)
+  roots = [list(rs) for rs in roots]
+  failures = list(failures)
+  diag = [(None, None) if lam is None else (list(lam), list(err))
+          for lam, err in diagnostics_state]
+  for (li, ai), (r, nf), (f, _, e) in zip(where, res, jobs):
+    roots[li][ai] = r
+    failures[li] = failures[li] + nf
+    if diagnostics:
+      diag[li][0][ai] = kr.max_eigenvalue(kr.symmetrize(f.astype(jnp.float32)))
+      diag[li][1][ai] = kr.inverse_root_residual(f, r, e, epsilon)
+  diag = [(None, None) if lam is None else (tuple(lam), tuple(err))
+          for lam, err in diag]
+  return [tuple(rs) for rs in roots], failures, diag
+
+
+def graft_blocks(y: jax.Array, graft: jax.Array) -> jax.Array:
+  """Rescales each block of y (N, b_1..b_k) to the Frobenius norm of graft's.
+
+  y_n <- y_n ||graft_n|| / ||y_n||, and 0 where y_n = 0.
+  """
+  axes = tuple(range(1, y.ndim))
+  gn = jnp.sqrt(jnp.sum(graft * graft, axis=axes, keepdims=True))
+  yn = jnp.sqrt(jnp.sum(y * y, axis=axes, keepdims=True))
+  return y * jnp.where(yn > 0, gn / jnp.where(yn > 0, yn, 1.0), 0.0)
+
+
+def shampoo_direction(lay: kr.BlockLayout, g: jax.Array, x: Optional[jax.Array],
+                      roots, diag_dir: Optional[jax.Array],
+                      preconditioning: jax.Array, *, graft_type: str) -> jax.Array:
+  """One parameter's direction before momentum.
+
+  Diagonal fallback: diag_dir. Otherwise, per block, Y = mode_product(G,
+  roots) (for a matrix L^e G R^e) grafted to the norm of the graft direction
+  (graft "adam" / "rmsprop" / "adagrad": diag_dir, "sgd": G, "none": Y as
+  is); before start_preconditioning_step (preconditioning False) the graft
+  direction itself (G for "none").
+  """
+  if lay.is_diagonal:
+    return diag_dir
+  graft = {"sgd": g, "none": None}.get(graft_type, diag_dir)
+  y = kr.mode_product(x, roots)
+  if graft is not None:
+    y = graft_blocks(y, kr.to_blocks(graft, lay))
+  fallback = g if graft is None else graft
+  return jnp.where(preconditioning, kr.from_blocks(y, lay), fallback)
+
+
+def momentum(directions, mu, count: jax.Array, *, b1, nesterov: bool):
+  """m <- b1 m + (1 - b1) u (float32); returns (m, bias-corrected output).
+
+  Output m / (1 - b1^t), or with Nesterov
+  b1 m / (1 - b1^(t+1)) + (1 - b1) u / (1 - b1^t), as in `optax.scale_by_adam`.
+  """
+  mu = optax.tree.update_moment(directions, optax.tree.cast(mu, jnp.float32),
+                                b1, 1)
+  if not nesterov:
+    return mu, optax.tree.bias_correction(mu, b1, count)
+  return mu, jax.tree.map(
+      lambda m, u: b1 * m + (1.0 - b1) * u,
+      optax.tree.bias_correction(mu, b1, optax.safe_int32_increment(count)),
+      optax.tree.bias_correction(directions, b1, count))
+
+
 def scale_by_shampoo(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -275,7 +442,8 @@ def scale_by_shampoo(
     precondition_1d: full-matrix factors for vectors instead of diagonal.
     precondition_filter: (path, shape) -> bool; False = diagonal fallback.
     graft_type: "adam", "rmsprop", "adagrad", "sgd" or "none".
-    graft_b2: decay of the diagonal second moment (default b2).
+    graft_b2: decay of the diagonal second moment (default b2; 1: running
+      sums without bias correction, Adagrad).
     nesterov: Nesterov momentum.
     start_preconditioning_step: first step (1-based) using the Shampoo
       direction; earlier steps use the graft direction.
@@ -307,35 +475,14 @@ def scale_by_shampoo(
       max_precond_dim=max_precond_dim, precondition_1d=precondition_1d,
       precondition_filter=precondition_filter)
   needs_nu = graft_type in ("adam", "rmsprop", "adagrad")
+  is_lay = lambda x: isinstance(x, kr.BlockLayout)
 
   def init_fn(params):
-    layouts = layouts_of(params)
-
-    def leaf(lay: kr.BlockLayout, p):
-      zeros_like = lambda: jnp.zeros_like(p, dtype=jnp.float32)
-      fails = on_mesh_of(p, jnp.zeros([], jnp.int32))
-      if lay.is_diagonal:
-        return ShampooLeafState((), (), zeros_like(), fails)
-      n = lay.num_blocks
-      factors = tuple(
-          on_mesh_of(p, jnp.zeros((n, b, b), jnp.float32)) if pre else None
-          for b, pre in zip(lay.block_shape, lay.preconditioned))
-      roots = tuple(
-          on_mesh_of(p, jnp.broadcast_to(jnp.eye(b, dtype=jnp.float32),
-                                         (n, b, b))) if pre else None
-          for b, pre in zip(lay.block_shape, lay.preconditioned))
-      nu = zeros_like() if needs_nu else None
-      if not diagnostics:
-        return ShampooLeafState(factors, roots, nu, fails)
-      per_factor = lambda fill: tuple(
-          on_mesh_of(p, jnp.full((n,), fill, jnp.float32)) if pre else None
-          for pre in lay.preconditioned)
-      return ShampooLeafState(factors, roots, nu, fails, per_factor(0.0),
-                              per_factor(jnp.nan))
-
-    leaves = jax.tree.map(leaf, layouts, params,
-                          is_leaf=lambda x: isinstance(x, kr.BlockLayout))
-    mu = (jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params)
+    leaves = jax.tree.map(
+        lambda lay, p: init_leaf(lay, p, needs_nu=needs_nu,
+                                 diagnostics=diagnostics),
+        layouts_of(params), params, is_leaf=is_lay)
+    mu = (optax.tree.zeros_like(params, dtype=mu_dtype)
           if use_momentum else None)
     first = jax.tree.leaves(params)[:1]
     count = jnp.zeros([], jnp.int32)
@@ -344,143 +491,61 @@ def scale_by_shampoo(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    layouts = layouts_of(updates)
-    is_lay = lambda x: isinstance(x, kr.BlockLayout)
-    lay_list, treedef = jax.tree.flatten(layouts, is_leaf=is_lay)
+    lays, treedef = jax.tree.flatten(layouts_of(updates), is_leaf=is_lay)
     g_list = treedef.flatten_up_to(updates)
     st_list = treedef.flatten_up_to(state.leaves)
     count = optax.safe_int32_increment(state.count)  # t, 1-based
-    t = count.astype(jnp.float32)
     g32 = [g.astype(jnp.float32) for g in g_list]
 
-    # 1. Diagonal second moments (graft + fallback).
-    new_nu, diag_dir = [], []
-    for lay, g, st in zip(lay_list, g32, st_list):
-      if st.nu is None:
-        new_nu.append(None)
-        diag_dir.append(None)
-        continue
-      if graft_type == "adagrad" and not lay.is_diagonal:
-        nu = st.nu + g * g
-        d = g / (jnp.sqrt(nu) + diag_eps)
-      else:
-        nu = kr.ema(st.nu, g * g, graft_b2)
-        if graft_type == "rmsprop" and not lay.is_diagonal:
-          d = g / (jnp.sqrt(nu) + diag_eps)
-        else:  # adam graft and the diagonal fallback: bias corrected
-          nu_hat = nu / (1.0 - jnp.asarray(graft_b2, jnp.float32) ** t)
-          d = g / (jnp.sqrt(nu_hat) + diag_eps)
-      new_nu.append(nu)
+    # 1. Diagonal second moments and directions (graft + fallback).
+    nu, diag_dir = [], []
+    for lay, g, st in zip(lays, g32, st_list):
+      v, d = (None, None) if st.nu is None else diagonal_direction(
+          lay, g, st.nu, count, graft_type=graft_type, b2=graft_b2,
+          eps=diag_eps)
+      nu.append(v)
       diag_dir.append(d)
 
-    # 2. Factor statistics.
+    # 2. Factor statistics, every statistics_frequency steps.
     blocks = [None if lay.is_diagonal else kr.to_blocks(g, lay)
-              for lay, g in zip(lay_list, g32)]
-
-    def new_factors(old_factors):
-      out = []
-      for lay, x, fs in zip(lay_list, blocks, old_factors):
-        if lay.is_diagonal:
-          out.append(())
-          continue
-        if factor_update == "power":
-          stats = kr.power_factor_statistics(
-              x, [None if f is None else kr.normalise_factor(f) for f in fs])
-        else:
-          stats = kr.factor_statistics(x, lay.preconditioned)
-        out.append(tuple(None if f is None else kr.ema(f, s, b2)
-                         for f, s in zip(fs, stats)))
-      return out
-
-    old_factors = [st.factors for st in st_list]
+              for lay, g in zip(lays, g32)]
+    new_factors = lambda fs: update_factors(lays, blocks, fs,
+                                            factor_update=factor_update, b2=b2)
+    factors = [st.factors for st in st_list]
     if statistics_frequency == 1:
-      factors = new_factors(old_factors)
+      factors = new_factors(factors)
     else:
       factors = jax.lax.cond((count - 1) % statistics_frequency == 0,
-                             new_factors, lambda f: f, old_factors)
+                             new_factors, lambda f: f, factors)
 
     # 3. Inverse roots, amortised.
-    old_roots = [st.roots for st in st_list]
-    old_fail = [st.failures for st in st_list]
-    old_diag = [(st.max_eigenvalue, st.root_error) for st in st_list]
+    roots = [st.roots for st in st_list]
+    fails = [st.failures for st in st_list]
+    diag = [(st.max_eigenvalue, st.root_error) for st in st_list]
+    if any(not lay.is_diagonal for lay in lays):
+      due = (count >= start_preconditioning_step) & (
+          (count - start_preconditioning_step) % preconditioning_frequency == 0)
+      compute = lambda op: refresh_roots(
+          lays, *op, exponent=exponent, epsilon=epsilon, method=root_method,
+          float64=root_float64, diagnostics=diagnostics)
+      keep = lambda op: (list(op[1]), list(op[2]), list(op[3]))
+      roots, fails, diag = jax.lax.cond(due, compute, keep,
+                                        (factors, roots, fails, diag))
 
-    def compute_roots(operand):
-      factors, roots, fails, diag = operand
-      jobs, where = [], []
-      for li, (lay, fs, rs) in enumerate(zip(lay_list, factors, roots)):
-        e = resolve_exponent(exponent, lay.order)
-        for ai, (f, r) in enumerate(zip(fs, rs)):
-          if f is not None:
-            jobs.append((f, r, e))
-            where.append((li, ai))
-      res = batched_roots(jobs, epsilon=epsilon, method=root_method,
-                          float64=root_float64)
-      roots = [list(rs) for rs in roots]
-      fails = list(fails)
-      diag = [(None, None) if lam is None else (list(lam), list(err))
-              for lam, err in diag]
-      for (li, ai), (r, nf), (f, _, e) in zip(where, res, jobs):
-        roots[li][ai] = r
-        fails[li] = fails[li] + nf
-        if diagnostics:
-          diag[li][0][ai] = kr.max_eigenvalue(kr.symmetrize(f.astype(jnp.float32)))
-          diag[li][1][ai] = kr.inverse_root_residual(f, r, e, epsilon)
-      diag = [(None, None) if lam is None else (tuple(lam), tuple(err))
-              for lam, err in diag]
-      return [tuple(rs) for rs in roots], fails, diag
-
-    def keep_roots(operand):
-      _, roots, fails, diag = operand
-      return list(roots), list(fails), list(diag)
-
-    due = (count >= start_preconditioning_step) & (
-        (count - start_preconditioning_step) % preconditioning_frequency == 0)
-    if any(not lay.is_diagonal for lay in lay_list):
-      roots, fails, diag = jax.lax.cond(due, compute_roots, keep_roots,
-                                        (factors, old_roots, old_fail, old_diag))
-    else:
-      roots, fails, diag = old_roots, old_fail, old_diag
-
-    # 4. Preconditioned, grafted direction.
+    # 4. Preconditioned, grafted directions; 5. momentum.
     preconditioning = count >= start_preconditioning_step
-    directions = []
-    for lay, g, x, rs, d in zip(lay_list, g32, blocks, roots, diag_dir):
-      if lay.is_diagonal:
-        directions.append(d)
-        continue
-      graft = {"sgd": g, "none": None}.get(graft_type, d)
-      y = kr.mode_product(x, rs)
-      if graft is not None:
-        gb = kr.to_blocks(graft, lay)
-        axes = tuple(range(1, gb.ndim))
-        gn = jnp.sqrt(jnp.sum(gb * gb, axis=axes, keepdims=True))
-        yn = jnp.sqrt(jnp.sum(y * y, axis=axes, keepdims=True))
-        y = y * jnp.where(yn > 0, gn / jnp.where(yn > 0, yn, 1.0), 0.0)
-      y = kr.from_blocks(y, lay)
-      fallback = g if graft is None else graft
-      directions.append(jnp.where(preconditioning, y, fallback))
-
-    # 5. Momentum.
+    outs = [shampoo_direction(lay, g, x, rs, d, preconditioning,
+                              graft_type=graft_type)
+            for lay, g, x, rs, d in zip(lays, g32, blocks, roots, diag_dir)]
+    mu = None
     if use_momentum:
-      mu_list = treedef.flatten_up_to(state.mu)
-      b1f = jnp.asarray(b1, jnp.float32)
-      new_mu, outs = [], []
-      for m, u in zip(mu_list, directions):
-        m32 = b1f * m.astype(jnp.float32) + (1.0 - b1f) * u
-        if nesterov:
-          o = (b1f * m32 / (1.0 - b1f ** (t + 1.0))
-               + (1.0 - b1f) * u / (1.0 - b1f ** t))
-        else:
-          o = m32 / (1.0 - b1f ** t)
-        new_mu.append(m32.astype(mu_dtype))
-        outs.append(o)
-      mu = treedef.unflatten(new_mu)
-    else:
-      mu, outs = None, directions
+      mu, outs = momentum(outs, treedef.flatten_up_to(state.mu), count,
+                          b1=b1, nesterov=nesterov)
+      mu = optax.tree.cast(treedef.unflatten(mu), mu_dtype)
 
     outs = [o.astype(g.dtype) for o, g in zip(outs, g_list)]
-    leaves = [ShampooLeafState(tuple(f), tuple(r), nu, fl, *dg)
-              for f, r, nu, fl, dg in zip(factors, roots, new_nu, fails, diag)]
+    leaves = [ShampooLeafState(tuple(f), tuple(r), v, fl, *dg)
+              for f, r, v, fl, dg in zip(factors, roots, nu, fails, diag)]
     return (treedef.unflatten(outs),
             ShampooState(count, mu, treedef.unflatten(leaves)))
 

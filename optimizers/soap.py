@@ -66,6 +66,20 @@ class SoapState(NamedTuple):
   leaves: Any        # param tree of SoapLeafState
 
 
+def adam_moments(g: jax.Array, mu: jax.Array, nu: jax.Array, count: jax.Array,
+                 *, b1, b2, eps: float) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Adam on g (float32, in whatever basis g is given); t = count (1-based).
+
+  M <- b1 M + (1 - b1) g,  V <- b2 V + (1 - b2) g^2,
+  returns (M, V, (M / (1 - b1^t)) / (sqrt(V / (1 - b2^t)) + eps)).
+  """
+  mu = optax.tree.update_moment(g, mu, b1, 1)
+  nu = optax.tree.update_moment_per_elem_norm(g, nu, b2, 2)
+  mu_hat = optax.tree.bias_correction(mu, b1, count)
+  nu_hat = optax.tree.bias_correction(nu, b2, count)
+  return mu, nu, mu_hat / (jnp.sqrt(nu_hat) + eps)
+
+
 def scale_by_soap(
     b1: float = 0.95,
     b2: float = 0.95,
@@ -130,27 +144,20 @@ def scale_by_soap(
     g_list = treedef.flatten_up_to(updates)
     st_list = treedef.flatten_up_to(state.leaves)
     count = optax.safe_int32_increment(state.count)
-    t = count.astype(jnp.float32)
-    b1f = jnp.asarray(b1, jnp.float32)
-    b2f = jnp.asarray(b2, jnp.float32)
-    c1 = 1.0 - b1f ** t
-    c2 = 1.0 - b2f ** t
 
     outs, leaves = [], []
     for lay, g, st in zip(lay_list, g_list, st_list):
       g32 = g.astype(jnp.float32)
       if lay.is_diagonal:
-        mu = kr.ema(st.mu, g32, b1f)
-        nu = kr.ema(st.nu, g32 * g32, b2f)
-        outs.append((mu / c1) / (jnp.sqrt(nu / c2) + eps))
+        mu, nu, out = adam_moments(g32, st.mu, st.nu, count, b1=b1, b2=b2,
+                                   eps=eps)
+        outs.append(out)
         leaves.append(SoapLeafState((), (), mu, nu))
         continue
       x = kr.to_blocks(g32, lay)
       gr = kr.mode_product(x, st.bases, transpose=True)
-      mu = kr.ema(st.mu, gr, b1f)
-      nu = kr.ema(st.nu, gr * gr, b2f)
-      n = kr.mode_product((mu / c1) / (jnp.sqrt(nu / c2) + eps), st.bases)
-      outs.append(kr.from_blocks(n, lay))
+      mu, nu, out = adam_moments(gr, st.mu, st.nu, count, b1=b1, b2=b2, eps=eps)
+      outs.append(kr.from_blocks(kr.mode_product(out, st.bases), lay))
       stats = kr.factor_statistics(x, lay.preconditioned)
       factors = tuple(None if f is None else kr.ema(f, s, shampoo_b2)
                       for f, s in zip(st.factors, stats))

@@ -11,7 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from optimizers import kronecker as kr
 from optimizers import SHAMPOO_STATIC_ARGS, scale_by_shampoo, shampoo, embedding_filter
-from optimizers.shampoo import resolve_exponent
+from optimizers.shampoo import graft_blocks, momentum, resolve_exponent
 
 
 def _randn(rng, shape):
@@ -314,6 +314,48 @@ class GraftAndDiagonalTest(parameterized.TestCase):
     for k in ("bias", "embed"):
       ref = np.asarray(grads[-1][k]) / (np.sqrt(nu[k] / (1 - 0.95 ** 3)) + 1e-8)
       np.testing.assert_allclose(outs[-1][k], ref, rtol=1e-5)
+
+  def test_running_sums_make_the_diagonal_adagrad(self):
+    # b2 = 1: factors and diagonal second moments are running sums; the
+    # fallback then has no bias correction to make (it used to divide by
+    # 1 - 1^t = 0 and return zeros).
+    rng = np.random.default_rng(17)
+    params = {"bias": jnp.zeros(5), "w": jnp.zeros((4, 3))}
+    grads = [jax.tree.map(lambda p: _randn(rng, p.shape), params) for _ in range(3)]
+    outs, state, _ = _run(scale_by_shampoo(b1=0.0, b2=1.0, block_size=None), grads, params)
+    gb = np.stack([np.asarray(g["bias"], np.float64) for g in grads])
+    ref = gb[-1] / (np.sqrt(np.sum(gb ** 2, axis=0)) + 1e-8)
+    np.testing.assert_allclose(outs[-1]["bias"], ref, rtol=1e-5)
+    np.testing.assert_allclose(state.leaves["bias"].nu, np.sum(gb ** 2, axis=0), rtol=1e-5)
+    gw = [np.asarray(g["w"], np.float64) for g in grads]
+    np.testing.assert_allclose(state.leaves["w"].factors[0][0], sum(g @ g.T for g in gw),
+                               rtol=1e-5)
+
+  @parameterized.parameters(False, True)
+  def test_momentum_stage_against_numpy(self, nesterov):
+    rng = np.random.default_rng(18)
+    us = [rng.normal(size=(3, 2)) for _ in range(4)]
+    b1, m = 0.8, None
+    m_ref = np.zeros((3, 2))
+    for t, u in enumerate(us, 1):
+      m, out = momentum([jnp.asarray(u, jnp.float32)],
+                        [jnp.zeros((3, 2)) if m is None else m[0]],
+                        jnp.asarray(t, jnp.int32), b1=b1, nesterov=nesterov)
+      m_ref = b1 * m_ref + (1 - b1) * u
+      ref = (b1 * m_ref / (1 - b1 ** (t + 1)) + (1 - b1) * u / (1 - b1 ** t) if nesterov
+             else m_ref / (1 - b1 ** t))
+      np.testing.assert_allclose(m[0], m_ref, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(out[0], ref, rtol=1e-5, atol=1e-6)
+
+  def test_graft_blocks_against_numpy(self):
+    rng = np.random.default_rng(19)
+    y, graft = rng.normal(size=(3, 4, 2)), rng.normal(size=(3, 4, 2))
+    y[1] = 0.0
+    out = np.asarray(graft_blocks(jnp.asarray(y, jnp.float32), jnp.asarray(graft, jnp.float32)))
+    for n in (0, 2):
+      ref = y[n] * np.linalg.norm(graft[n]) / np.linalg.norm(y[n])
+      np.testing.assert_allclose(out[n], ref, rtol=1e-5)
+    np.testing.assert_array_equal(out[1], 0.0)
 
 
 def _quadratic_problems():
