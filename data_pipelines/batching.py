@@ -60,10 +60,21 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     return out
 
   def get_state(self) -> dict[str, int]:
-    return {"epoch": int(self.epoch), "batch": int(self.batch), "seed": int(self.seed)}
+    """The position, and what fixes the stream it is a position in."""
+    return {"epoch": int(self.epoch), "batch": int(self.batch), "seed": int(self.seed),
+            "global_batch_size": int(self.global_batch_size),
+            "num_shards": int(self.num_shards)}
 
   def set_state(self, state: Mapping[str, int]) -> None:
-    if int(state.get("seed", self.seed)) != self.seed:
-      raise ValueError(f"checkpointed data seed {state['seed']} differs from "
-                       f"config seed {self.seed}; refusing to resume a different stream")
+    """Moves to a saved position; refuses one of another stream (other seed,
+    global batch size or shard count), where the same (epoch, batch) would
+    name other examples. States saved before the last two were recorded
+    carry only the seed, which is all they can be checked against."""
+    mine = {"seed": self.seed, "global_batch_size": self.global_batch_size,
+            "num_shards": self.num_shards}
+    differ = [f"{k} {int(state[k])} (now {v})" for k, v in mine.items()
+              if k in state and int(state[k]) != v]
+    if differ:
+      raise ValueError(f"checkpointed data stream differs from the config's: "
+                       f"{', '.join(differ)}; refusing to resume a different stream")
     self.epoch, self.batch = int(state["epoch"]), int(state["batch"])

@@ -2,18 +2,20 @@
 
   JSONL/text files -> seqio Task (tokenize, split long documents into chunks,
   append EOS) -> DecoderFeatureConverter (packing to fixed length, segment ids,
-  positions) -> numpy arrays cached once per (task, split, length) ->
-  `BatchIterator` (deterministic shuffling by seed and shard, resumable).
+  positions) -> numpy arrays cached once per (task, split, length, vocabulary,
+  input bytes) -> `BatchIterator` (deterministic shuffling by seed and shard,
+  resumable).
 
 Packed arrays use the framework's batch keys: inputs, targets, weights,
-segment_ids, positions.
+segment_ids, positions. Which files a run reads (`config.data.source`) is
+decided one level up, in `lm_sources`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from typing import Any, Mapping
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -60,6 +62,72 @@ def chunk_targets(dataset, sequence_length: Mapping[str, int]):
   return dataset.flat_map(split)
 
 
+def vocabulary_identity(vocabulary) -> str:
+  """What fixes the token ids a vocabulary produces: its kind, its extra ids
+  and, for SentencePiece, a hash of the model's bytes (so a retrained model
+  under the same path is a different vocabulary). "" when unknown."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  extra = int(getattr(vocabulary, "extra_ids", 0) or 0)
+  if isinstance(vocabulary, seqio.ByteVocabulary):
+    return f"byte+{extra}"
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    return f"sentencepiece+{extra}:{hashlib.sha256(vocabulary.sp_model).hexdigest()[:16]}"
+  return ""
+
+
+def content_digest(paths: Iterable[str], chunk_bytes: int = 1 << 20) -> str:
+  """sha256 over the bytes of the files, in the given order, read in chunks.
+  Size and mtime are not enough: an in-place edit may keep both."""
+  h = hashlib.sha256()
+  for path in paths:
+    h.update(len(path).to_bytes(4, "little"))   # file boundaries count
+    with open(path, "rb") as f:
+      while chunk := f.read(chunk_bytes):
+        h.update(chunk)
+    h.update(b"\0")
+  return h.hexdigest()[:16]
+
+
+class TaskInputs(NamedTuple):
+  """Everything that decides what a registered task yields."""
+  files: tuple[str, ...]   # absolute paths, sorted
+  vocabulary: str          # vocabulary_identity(); "" if unknown
+  params: str = ""         # anything else, e.g. how documents go to splits
+
+
+# {task name: TaskInputs} of the tasks registered by `register_text_task`.
+# Packing caches are keyed on it.
+_TASK_INPUTS: dict[str, TaskInputs] = {}
+
+
+def register_text_task(name: str, dataset_fn, splits: Sequence[str], vocabulary,
+                       files: Iterable[str], params: str = "") -> str:
+  """Registers a seqio Task over text documents: `dataset_fn(split, shuffle_files,
+  seed)` yields {"targets": text}; the task tokenizes with `vocabulary`, splits
+  long documents into chunks and appends EOS. `files` are everything it reads,
+  `params` whatever else decides its output.
+
+  A name registered before with the same inputs is reused; with other ones it
+  is registered anew, so a task name never serves stale data.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  inputs = TaskInputs(tuple(sorted(os.path.abspath(f) for f in files)),
+                      vocabulary_identity(vocabulary), params)
+  if name in seqio.TaskRegistry.names():
+    if _TASK_INPUTS.get(name) == inputs and inputs.vocabulary:
+      return name
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=list(splits)),
+      preprocessors=[seqio.preprocessors.tokenize, chunk_targets,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features={"targets": seqio.Feature(vocabulary, add_eos=True)},
+  )
+  _TASK_INPUTS[name] = inputs
+  return name
+
+
 def _jsonl_dataset_fn(paths: Mapping[str, str]):
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
     del shuffle_files, seed  # shuffling happens at batching, by seed and shard
@@ -73,34 +141,42 @@ def _jsonl_dataset_fn(paths: Mapping[str, str]):
 
 
 def register_lm_task(name: str, paths: Mapping[str, str], vocabulary) -> str:
-  """Registers (once) a seqio Task reading JSONL (`text` field) or text lines."""
-  import seqio  # pylint: disable=g-import-not-at-top
+  """Registers a seqio Task reading JSONL (`text` field) or text lines, one
+  file per split (see `register_text_task` for re-registration)."""
   for split, path in paths.items():
     if not os.path.exists(path):
       raise FileNotFoundError(f"data file for split {split!r} not found: {path}")
-  if name in seqio.TaskRegistry.names():
-    return name
-  seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(_jsonl_dataset_fn(dict(paths)), splits=list(paths)),
-      preprocessors=[seqio.preprocessors.tokenize, chunk_targets,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features={"targets": seqio.Feature(vocabulary, add_eos=True)},
-  )
-  return name
+  return register_text_task(name, _jsonl_dataset_fn(dict(paths)), list(paths), vocabulary,
+                            paths.values())
+
+
+def cache_key(task_name: str, split: str, seq_len: int) -> str:
+  """Key of a task's packed arrays: task, split and length, the vocabulary's
+  identity, the task's other inputs and a digest of the bytes of every input
+  file. "" (do not cache) for a task whose inputs are unknown (not registered
+  by `register_text_task`)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  inputs = _TASK_INPUTS.get(task_name)
+  vocab = vocabulary_identity(seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary)
+  if inputs is None or not vocab or vocab != inputs.vocabulary:
+    return ""
+  fields = (task_name, split, str(seq_len), vocab, inputs.params, content_digest(inputs.files))
+  return hashlib.sha1("|".join(fields).encode()).hexdigest()[:12]
 
 
 def packed_arrays(task_name: str, split: str, seq_len: int, cache_dir: str = "") -> dict[str, np.ndarray]:
   """Runs the seqio task with packing and returns int32 arrays [N, seq_len].
 
-  Cached as .npz in `cache_dir` (keyed by task, split, length) when given.
+  Cached as .npz in `cache_dir` when given, under `cache_key` (vocabulary and
+  input bytes included, so a changed vocabulary or an edited file is packed
+  anew). A split without documents gives arrays of shape [0, seq_len].
   """
-  key = hashlib.sha1(f"{task_name}|{split}|{seq_len}".encode()).hexdigest()[:12]
-  path = os.path.join(cache_dir, f"{task_name}.{split}.{seq_len}.{key}.npz") if cache_dir else ""
+  import seqio  # pylint: disable=g-import-not-at-top
+  key = cache_key(task_name, split, seq_len) if cache_dir else ""
+  path = os.path.join(cache_dir, f"{task_name}.{split}.{seq_len}.{key}.npz") if key else ""
   if path and os.path.exists(path):
     with np.load(path) as data:
       return {k: data[k] for k in data.files}
-  import seqio  # pylint: disable=g-import-not-at-top
   _tf()
   task = seqio.get_mixture_or_task(task_name)
   lengths = {"targets": seq_len}
@@ -110,7 +186,8 @@ def packed_arrays(task_name: str, split: str, seq_len: int, cache_dir: str = "")
   for ex in ds.as_numpy_iterator():
     for seqio_key, key_ in _SEQIO_TO_BATCH.items():
       rows[key_].append(ex[seqio_key])
-  arrays = {k: np.stack(v).astype(np.int32) for k, v in rows.items()}
+  arrays = {k: (np.stack(v) if v else np.zeros((0, seq_len))).astype(np.int32)
+            for k, v in rows.items()}
   if path:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".tmp.npz"
@@ -119,23 +196,3 @@ def packed_arrays(task_name: str, split: str, seq_len: int, cache_dir: str = "")
   logging.info("packed %s/%s: %d sequences of %d tokens", task_name, split,
                len(arrays["inputs"]), seq_len)
   return arrays
-
-
-def lm_arrays_from_config(data: Any) -> dict[str, dict[str, np.ndarray]]:
-  """Builds the train/validation packed arrays described by `config.data`.
-
-  config.data.source: "pydoc" (built-in corpus written to data_dir) or "files"
-  (train_path / validation_path to JSONL with a `text` field or text lines).
-  """
-  data_dir = os.path.expanduser(data.data_dir)
-  if data.source == "pydoc":
-    paths = corpus.build_pydoc_corpus(data_dir)
-  elif data.source == "files":
-    paths = {"train": data.train_path, "validation": data.validation_path}
-  else:
-    raise ValueError(f"config.data.source={data.source!r} must be 'pydoc' or 'files'")
-  vocab = make_vocabulary(data.vocab, data.get("vocab_path", ""))
-  name = data.get("task_name") or f"armillary_{data.source}_{hashlib.sha1(repr(sorted(paths.items())).encode()).hexdigest()[:8]}"
-  register_lm_task(name, paths, vocab)
-  return {split: packed_arrays(name, split, int(data.seq_len), os.path.join(data_dir, "packed"))
-          for split in paths}

@@ -1,11 +1,13 @@
-"""The LM input path: seqio task + packing, deterministic resumable batching."""
+"""The LM input path: seqio task + packing, deterministic resumable batching,
+and a packing cache that never serves stale token ids."""
 import json
 import os
 
 import numpy as np
 from absl.testing import absltest
 
-from data_pipelines import batching, corpus, lm_data
+from data_pipelines import batching, corpus, lm_data, lm_sources
+from experiments.configs import lm_quickstart
 
 
 def _arrays(n=40):
@@ -46,6 +48,33 @@ class BatchIteratorTest(absltest.TestCase):
       np.testing.assert_array_equal(next(fresh)["y"], want)
     with self.assertRaisesRegex(ValueError, "seed"):
       batching.BatchIterator(_arrays(), 8, seed=3).set_state(state)
+
+  def test_state_names_its_stream_and_refuses_another(self):
+    it = batching.BatchIterator(_arrays(), 8, seed=2, shard_index=1, num_shards=2)
+    next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    self.assertEqual(state, {"epoch": 0, "batch": 1, "seed": 2, "global_batch_size": 8,
+                             "num_shards": 2})
+    # Same (epoch, batch), other examples: another batch size or shard count.
+    with self.assertRaisesRegex(ValueError, r"global_batch_size 8 \(now 4\)"):
+      batching.BatchIterator(_arrays(), 4, seed=2, shard_index=1, num_shards=2).set_state(state)
+    with self.assertRaisesRegex(ValueError, r"num_shards 2 \(now 4\)"):
+      batching.BatchIterator(_arrays(), 8, seed=2, shard_index=1, num_shards=4).set_state(state)
+    same = batching.BatchIterator(_arrays(), 8, seed=2, shard_index=1, num_shards=2)
+    same.set_state(state)
+    np.testing.assert_array_equal(next(same)["y"], next(it)["y"])
+
+  def test_state_of_older_checkpoints_still_loads(self):
+    it = batching.BatchIterator(_arrays(), 8, seed=5)
+    for _ in range(3):
+      next(it)
+    want = next(it)["y"]
+    old = {"epoch": 0, "batch": 3, "seed": 5}   # saved before batch size and shards were recorded
+    fresh = batching.BatchIterator(_arrays(), 8, seed=5)
+    fresh.set_state(old)
+    np.testing.assert_array_equal(next(fresh)["y"], want)
+    with self.assertRaisesRegex(ValueError, "seed"):
+      batching.BatchIterator(_arrays(), 8, seed=6).set_state(old)
 
   def test_bad_sizes_are_rejected(self):
     with self.assertRaisesRegex(ValueError, "not divisible"):
@@ -92,6 +121,91 @@ class SeqioPackingTest(absltest.TestCase):
     with self.assertRaisesRegex(FileNotFoundError, "nope.jsonl"):
       lm_data.register_lm_task("x_missing", {"train": "/tmp/nope.jsonl"},
                                lm_data.make_vocabulary("byte"))
+
+
+def _byte_texts(arrays):
+  """The packed targets back to bytes (ByteVocabulary: id = byte + 3)."""
+  return b"".join(bytes(int(i) - 3 for i in row if i > 2) for row in arrays["targets"])
+
+
+def _train_sentencepiece(path_prefix, texts, vocab_size):
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  with open(path_prefix + ".txt", "w") as f:
+    f.write("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+  spm.SentencePieceTrainer.train(input=path_prefix + ".txt", model_prefix=path_prefix,
+                                 vocab_size=vocab_size, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                 minloglevel=2)
+  return path_prefix + ".model"
+
+
+class PackingCacheTest(absltest.TestCase):
+  """The packed-array cache is keyed on the vocabulary and the input bytes."""
+
+  def setUp(self):
+    super().setUp()
+    tmp = self.create_tempdir().full_path
+    self.texts = [d["text"] for d in corpus.pydoc_documents()["train"][:120]]
+    self.data = lm_quickstart.get_config().data
+    self.data.update(dict(source="files", data_dir=os.path.join(tmp, "cache"), seq_len=64))
+    for split, docs in (("train", self.texts[:100]), ("validation", self.texts[100:])):
+      self.data[f"{split}_path"] = os.path.join(tmp, f"{split}.jsonl")
+      corpus.write_jsonl(self.data[f"{split}_path"], [{"text": t} for t in docs])
+    self.tmp = tmp
+
+  def _uncached(self, name, vocab):
+    lm_data.register_lm_task(name, {"train": self.data.train_path,
+                                    "validation": self.data.validation_path}, vocab)
+    return lm_data.packed_arrays(name, "train", int(self.data.seq_len))
+
+  def test_changing_the_vocabulary_packs_anew(self):
+    byte = lm_sources.arrays_from_config(self.data)["train"]
+    self.assertTrue(self.texts[0].encode()[:60] in _byte_texts(byte), "first document not packed")
+    model = _train_sentencepiece(os.path.join(self.tmp, "sp"), self.texts, 200)
+    self.data.update(dict(vocab="sentencepiece", vocab_path=model))
+    sp = lm_sources.arrays_from_config(self.data)["train"]
+    want = self._uncached("cache_test_sp_reference", lm_data.make_vocabulary("sentencepiece", model))
+    np.testing.assert_array_equal(sp["targets"], want["targets"])
+    self.assertLess(len(sp["targets"]), len(byte["targets"]))   # pieces are longer than bytes
+    # Back to bytes: the first cache entry is still right and is reused.
+    self.data.update(dict(vocab="byte", vocab_path=""))
+    np.testing.assert_array_equal(lm_sources.arrays_from_config(self.data)["train"]["targets"],
+                                  byte["targets"])
+
+  def test_vocabulary_identity_is_its_content(self):
+    a = _train_sentencepiece(os.path.join(self.tmp, "a"), self.texts, 200)
+    b = _train_sentencepiece(os.path.join(self.tmp, "b"), self.texts, 150)
+    copy = os.path.join(self.tmp, "copy.model")
+    with open(a, "rb") as src, open(copy, "wb") as dst:
+      dst.write(src.read())
+    ident = lambda p: lm_data.vocabulary_identity(lm_data.make_vocabulary("sentencepiece", p))
+    self.assertStartsWith(ident(a), "sentencepiece")
+    self.assertNotEqual(ident(a), ident(b))
+    self.assertEqual(ident(a), ident(copy))
+    self.assertNotEqual(ident(a), lm_data.vocabulary_identity(lm_data.make_vocabulary("byte")))
+
+  def test_in_place_edit_of_same_size_and_mtime_packs_anew(self):
+    first = lm_sources.arrays_from_config(self.data)["train"]
+    path = self.data.train_path
+    stat = os.stat(path)
+    with open(path, encoding="utf-8") as f:
+      content = f.read()
+    word = next(w for w in ("the", "and", "of") if f" {w} " in content)
+    edited = content.replace(f" {word} ", f" {word.upper()} ")
+    self.assertEqual(len(edited), len(content))
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(edited)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))   # size and mtime as before
+    self.assertEqual((os.stat(path).st_size, os.stat(path).st_mtime_ns),
+                     (stat.st_size, stat.st_mtime_ns))
+    second = lm_sources.arrays_from_config(self.data)["train"]
+    marker = f" {word.upper()} ".encode()
+    self.assertTrue(marker in _byte_texts(second), f"{marker!r} of the edit not packed")
+    self.assertFalse(marker in _byte_texts(first))
+    np.testing.assert_array_equal(
+        second["targets"], self._uncached("cache_test_edit_reference",
+                                          lm_data.make_vocabulary("byte"))["targets"])
+    self.assertLen([f for f in os.listdir(os.path.join(self.data.data_dir, "packed"))
+                    if ".train." in f], 2)
 
 
 class CorpusTest(absltest.TestCase):

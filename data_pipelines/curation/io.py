@@ -8,6 +8,7 @@ Readers yield plain dicts. A good record has `id`, `url`, `source` and either
 from __future__ import annotations
 
 import base64
+import glob
 import gzip
 import hashlib
 import io
@@ -186,6 +187,13 @@ def write_json(path: str, obj: Any) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=1, sort_keys=True)
   os.replace(tmp, path)
+
+
+def output_shards(workdir: str) -> list[str]:
+  """The curated document shards of a curation run's work directory,
+  `workdir/output/*.jsonl.zst` (attribute side files left out), sorted."""
+  return sorted(p for p in glob.glob(os.path.join(workdir, "output", "*.jsonl.zst"))
+                if not p.endswith(".attrs.jsonl.zst"))
 
 
 def read_json(path: str) -> Any:

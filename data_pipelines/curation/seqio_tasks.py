@@ -38,15 +38,19 @@ def iter_texts(files: Sequence[str], split: str, validation_fraction: float):
         yield row["text"]
 
 
+def curated_shards(workdir: str) -> list[str]:
+  """The document shards of a curation run's work directory (its `output/`)."""
+  return cio.output_shards(workdir)
+
+
 def register_curated_task(name: str, paths: Union[str, Sequence[str]], vocabulary=None,
                           validation_fraction: float = 0.0) -> str:
-  """Registers (once) a seqio Task over curated shards (globs allowed)."""
-  import seqio  # pylint: disable=g-import-not-at-top
+  """Registers a seqio Task over curated shards (globs allowed); a name
+  registered before over other shards, vocabulary or fraction is replaced
+  (see `lm_data.register_text_task`)."""
   files = _files(paths)
   if not files:
     raise FileNotFoundError(f"no curated shards match {paths!r}")
-  if name in seqio.TaskRegistry.names():
-    return name
   vocabulary = vocabulary or lm_data.make_vocabulary("byte")
   splits = ["train", "validation"] if validation_fraction > 0 else ["train"]
 
@@ -57,14 +61,9 @@ def register_curated_task(name: str, paths: Union[str, Sequence[str]], vocabular
         lambda: iter_texts(files, split, validation_fraction),
         output_signature=tf.TensorSpec((), tf.string)).map(lambda t: {"targets": t})
 
-  seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(dataset_fn, splits=splits),
-      preprocessors=[seqio.preprocessors.tokenize, lm_data.chunk_targets,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features={"targets": seqio.Feature(vocabulary, add_eos=True)},
-  )
-  return name
+  # The fraction decides what each split holds, so it is part of the task's inputs.
+  return lm_data.register_text_task(name, dataset_fn, splits, vocabulary, files,
+                                    params=f"validation_fraction={float(validation_fraction)!r}")
 
 
 def register_curated_mixture(name: str, rates: Mapping[str, float]) -> str:

@@ -555,7 +555,4 @@ def collect_stats(paths: Paths, keys: list[str], cfg) -> dict:
   return st
 
 
-def output_files(workdir: str) -> list[str]:
-  """The curated document shards of a run (attribute side files left out)."""
-  return sorted(p for p in glob.glob(os.path.join(workdir, "output", "*.jsonl.zst"))
-                if not p.endswith(".attrs.jsonl.zst"))
+output_files = cio.output_shards   # the curated document shards of a run
