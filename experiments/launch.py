@@ -3,8 +3,10 @@
   python -m experiments.launch --config=experiments/configs/lm_quickstart.py \
       --workdir=runs/quickstart --config.trainer.total_steps=300
 
-The config's `runner` names a module with `run(config, workdir) -> dict`.
-Overrides of keys the config does not have fail at start, naming the key.
+The config's `runner` names a module with `run(config, workdir) -> dict` and
+`default_config()`, the schema of its configs: keys the schema does not have
+(in the file or as overrides) fail at start, naming the key. Variants are
+arguments of one config file: `--config=experiments/parity/...py:small`.
 Re-running with the same --workdir resumes from its newest checkpoint.
 """
 from __future__ import annotations
@@ -34,6 +36,10 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join(
       "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])
   runner = importlib.import_module(config.runner)
+  if not hasattr(runner, "default_config"):
+    raise app.UsageError(f"runner {config.runner} has no default_config() (its config schema)")
+  from framework import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.check_keys(config, runner.default_config())
   summary = runner.run(config, workdir)
   logging.info("run directory: %s", os.path.abspath(workdir))
   print(json.dumps(summary, default=str, indent=2))

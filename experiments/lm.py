@@ -25,9 +25,14 @@ from models import registry
 from models import transformer
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """The schema of LM configs: the quickstart's keys."""
+  return lm_quickstart.get_config()
+
+
 def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
   """Fails fast, naming the field, before any data is read or anything compiles."""
-  config_lib.check_keys(config, lm_quickstart.get_config())
+  config_lib.check_keys(config, default_config())
   sizes = mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), jax.device_count())
   req = config_lib.require
   try:

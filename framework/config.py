@@ -11,9 +11,14 @@ from typing import Any
 
 import ml_collections
 
-# Sub-trees whose keys are free-form here: optimizer keyword arguments, and the
-# model's fields, which `models.registry` checks against the named model.
-FREE_FORM = ("optimizer.kwargs", "model")
+# Sub-trees whose keys are free-form here, wherever they sit (`optimizer.kwargs`,
+# `base.model`): keyword arguments, and the model's fields, which
+# `models.registry` checks against the named model's config dataclass.
+FREE_FORM = ("kwargs", "model")
+
+
+def _free(name: str) -> bool:
+  return name.rsplit(".", 1)[-1] in FREE_FORM
 
 
 class ConfigError(ValueError):
@@ -25,7 +30,7 @@ def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
   items = cfg.items() if isinstance(cfg, (ml_collections.ConfigDict, dict)) else []
   for key, value in items:
     name = f"{prefix}{key}"
-    if name in FREE_FORM:
+    if _free(name):
       out[name] = value
     elif isinstance(value, (ml_collections.ConfigDict, dict)):
       out[name] = value
@@ -37,8 +42,7 @@ def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:
   known = _flatten(reference)
-  unknown = [k for k in _flatten(config)
-             if k not in known and not any(k.startswith(f + ".") for f in FREE_FORM)]
+  unknown = [k for k in _flatten(config) if k not in known]
   if unknown:
     hints = []
     for key in unknown:

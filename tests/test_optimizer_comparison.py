@@ -8,8 +8,8 @@ import pytest
 from absl.testing import absltest
 
 from experiments import lm
-from experiments import optimizer_comparison as oc
-from experiments.configs import lm_optimizer_comparison
+from experiments.optimizer_comparison import comparison as oc
+from experiments.optimizer_comparison import comparison_config as lm_optimizer_comparison
 from framework import metrics as metrics_lib
 
 _PARTS = (("cat", "dog", "bird"), ("sat", "ran", "flew"), ("on", "under", "over"),

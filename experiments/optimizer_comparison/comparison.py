@@ -13,7 +13,7 @@ batches are never trained on). A best lr at the edge of its grid is flagged:
 the optimum may lie outside.
 
 Each run executes in its own process (config.isolate: `python -m
-experiments.optimizer_comparison <run_dir>` on the config written there)
+experiments.optimizer_comparison.comparison <run_dir>` on the config written there)
 with XLA_FLAGS + config.xla_flags, and is killed after config.run_timeout_s,
 so a run that hangs or crashes is listed in the report and the sweep goes
 on. Re-running with the same workdir reuses finished runs whose config is
@@ -25,7 +25,7 @@ best lr), lr_sweep.png (final eval loss vs lr), results.json (every run) and
 report.md.
 
   python -m experiments.launch --workdir=runs/optimizer_comparison \
-      --config=experiments/configs/lm_optimizer_comparison.py   # or ...py:tiny
+      --config=experiments/optimizer_comparison/comparison_config.py   # or ...py:tiny
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from experiments import lm
 from framework import metrics as metrics_lib
 from framework import progress as progress_lib
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _INPUT_CONFIG = "input_config.json"
 
 
@@ -66,6 +66,12 @@ def learning_rates(config: ml_collections.ConfigDict, name: str) -> list[float]:
     raise ValueError(f"no learning rates for {name!r}: set config.learning_rates or "
                      f"config.optimizers.{name}.learning_rates")
   return sorted(float(x) for x in grid)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The schema of comparison configs."""
+  from experiments.optimizer_comparison import comparison_config  # pylint: disable=g-import-not-at-top
+  return comparison_config.get_config()
 
 
 def run_dir_name(name: str, lr: float) -> str:
@@ -133,7 +139,7 @@ def merge_xla_flags(current: str, extra: str) -> str:
 
 
 def _run_in_subprocess(run_dir: str, timeout_s: float, xla_flags: str) -> Optional[str]:
-  """Runs `python -m experiments.optimizer_comparison run_dir`; returns an error or None.
+  """Runs `python -m experiments.optimizer_comparison.comparison run_dir`; returns an error or None.
 
   A fresh process gets its own XLA flags (set before jax is imported) and a
   run that hangs or crashes is killed / reported without ending the sweep.
@@ -145,7 +151,7 @@ def _run_in_subprocess(run_dir: str, timeout_s: float, xla_flags: str) -> Option
   env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH", "")) if p)
   log_path = os.path.join(run_dir, "log.txt")
   with open(log_path, "w") as log:
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.optimizer_comparison", run_dir],
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.optimizer_comparison.comparison", run_dir],
                             cwd=_REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

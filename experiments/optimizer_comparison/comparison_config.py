@@ -1,7 +1,7 @@
 """AdamW vs Shampoo (classic, Shampoo^2) vs SOAP on the small quickstart LM.
 
   python -m experiments.launch \
-      --config=experiments/configs/lm_optimizer_comparison.py \
+      --config=experiments/optimizer_comparison/comparison_config.py \
       --workdir=runs/optimizer_comparison
 
 Every optimizer trains the same ~0.24M-parameter byte-level LM (the quickstart
@@ -11,7 +11,7 @@ the optimizer and its peak learning rate differ. Each optimizer's peak lr is
 picked from `learning_rates` (or its own `learning_rates`) by final eval
 loss. About 25 minutes on a 2-core CPU (24 runs of 50-75 s).
 
-`get_config("tiny")` (`--config=...lm_optimizer_comparison.py:tiny`) is the
+`get_config("tiny")` (`--config=...comparison_config.py:tiny`) is the
 seconds-scale variant used by the test.
 Re-running with the same workdir reuses finished runs whose config is
 unchanged.
@@ -63,7 +63,7 @@ def _optimizers(frequency: int) -> ml_collections.ConfigDict:
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.runner = "experiments.optimizer_comparison"
+  c.runner = "experiments.optimizer_comparison.comparison"
   # Names in `optimizers`, in table / plot order.
   c.order = ("adamw,shampoo_classic,shampoo2,shampoo_classic_eps1e_2,shampoo2_eps1e_2,"
              "soap")
