@@ -34,12 +34,27 @@ LOGICAL_AXES = {
 }
 
 
+POLYNOMIAL = ("quadratic", "power")  # both mean sigma(z) = z^degree
+ACTIVATIONS = POLYNOMIAL + ("relu",)
+
+
 def _activation(name: str, degree: int):
-  if name in ("quadratic", "power"):
+  if name in POLYNOMIAL:
     return lambda z: z ** degree
   if name == "relu":
     return jax.nn.relu
-  raise ValueError(f"unknown activation {name!r}")
+  raise ValueError(f"unknown activation {name!r}; choose from {ACTIVATIONS}")
+
+
+def _homogeneity(name: str, degree: int) -> int:
+  """nu with f(c theta) = c^nu f(theta) for c > 0, from the activation that
+  `_activation` applies: z^degree gives degree + 1 (the output layer adds
+  one), ReLU gives 2."""
+  if name in POLYNOMIAL:
+    return degree + 1
+  if name == "relu":
+    return 2
+  raise ValueError(f"unknown activation {name!r}; choose from {ACTIVATIONS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +72,7 @@ class TwoInputNet:
   @property
   def homogeneity(self) -> int:
     """nu with f(c theta) = c^nu f(theta)."""
-    return 3 if self.activation == "quadratic" else 2
+    return _homogeneity(self.activation, self.degree)
 
   def init(self, key: jax.Array, scale: float = 1.0) -> Params:
     """Gaussian init with per-neuron norm ~ scale (entries N(0, s^2/dim))."""
@@ -81,7 +96,7 @@ class TwoInputNet:
     return inputs[:, :n] @ params["u"].T + inputs[:, n:] @ params["v"].T
 
   def apply(self, params: Params, inputs: jax.Array) -> jax.Array:
-    act = _activation(self.activation, 2)
+    act = _activation(self.activation, self.degree)
     return act(self.hidden(params, inputs)) @ params["w"]
 
 
@@ -96,7 +111,8 @@ class ParityNet:
 
   @property
   def homogeneity(self) -> int:
-    return self.degree + 1 if self.activation == "power" else 2
+    """nu with f(c theta) = c^nu f(theta)."""
+    return _homogeneity(self.activation, self.degree)
 
   def init(self, key: jax.Array, scale: float = 1.0) -> Params:
     ku, kw = jax.random.split(key)

@@ -116,6 +116,37 @@ class MarginTest(absltest.TestCase):
                                np.maximum(x @ pp["u"].T, 0) @ pp["w"],
                                rtol=1e-5, atol=1e-5)
 
+  def test_homogeneity_follows_activation(self):
+    # nu is read off the forward pass: f(c theta) = c^nu f(theta). "quadratic"
+    # and "power" both compute z^degree, so they must report the same nu.
+    rng = np.random.default_rng(3)
+    nets = [(models.TwoInputNet(5, 5, 4, activation=a), data.modular_addition(5).inputs)
+            for a in ("quadratic", "power", "relu")]
+    x = data.all_sign_vectors(6).astype(np.float32)
+    nets += [(models.ParityNet(6, 4, degree=3, activation=a), x)
+             for a in ("power", "quadratic", "relu")]
+    for net, inputs in nets:
+      shapes = {"u": (4, net.input_dim if isinstance(net, models.ParityNet)
+                      else 5), "w": (4, net.num_classes)}
+      if isinstance(net, models.TwoInputNet):
+        shapes["v"] = (4, 5)
+      params = {k: np.abs(rng.normal(size=s)) + 0.1 for k, s in shapes.items()}
+      f1 = np.asarray(net.apply(params, inputs), np.float64)
+      f2 = np.asarray(net.apply({k: 2.0 * v for k, v in params.items()},
+                                inputs), np.float64)
+      nu = np.log2(np.abs(f2).sum() / np.abs(f1).sum())
+      self.assertAlmostEqual(nu, net.homogeneity, delta=1e-3,
+                             msg=f"{net}")
+    # So the max-margin construction scores exactly 1 under either name.
+    p = 5
+    params = margins.modular_addition_construction(p)
+    ds = data.modular_addition(p)
+    best = margins.max_margin_modular_addition(p)
+    for act in ("quadratic", "power"):
+      net = models.TwoInputNet(p, p, params["u"].shape[0], activation=act)
+      got = float(margins.normalized_margin(net, params, ds.inputs, ds.labels))
+      self.assertAlmostEqual(got / best, 1.0, delta=2e-6, msg=act)
+
   def test_parity_net_reference(self):
     rng = np.random.default_rng(1)
     n, k, m = 6, 3, 5
