@@ -41,9 +41,11 @@ class MLP(nn.Module):
     act = ACTIVATIONS[self.activation]
     x = x.astype(self.dtype)
     sizes = list(self.hidden_sizes) + [self.num_outputs]
+    in_axis = "embed"
     for i, size in enumerate(sizes):
-      in_axis = "embed" if i == 0 else "mlp"
-      out_axis = "vocab" if i == len(sizes) - 1 else "mlp"
+      # Hidden layers alternate (embed, mlp) and (mlp, embed), Megatron's column-
+      # then row-parallel pairs, so no kernel names one logical axis twice.
+      out_axis = "vocab" if i == len(sizes) - 1 else ("mlp" if i % 2 == 0 else "embed")
       x = nn.Dense(
           size, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
           kernel_init=nn.with_logical_partitioning(self.kernel_init, (in_axis, out_axis)),
@@ -51,6 +53,7 @@ class MLP(nn.Module):
           name=f"dense_{i}")(x)
       if i < len(sizes) - 1:
         x = act(x)
+      in_axis = out_axis
     return x.astype(jnp.float32)
 
   def loss(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
