@@ -71,9 +71,6 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     return restored["state"], (restored["data"] if has_data else None)
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
