@@ -79,7 +79,8 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
           mesh=None,
           step_callback: Optional[Callable[[int, dict], None]] = None,
           hooks: Sequence[tuple[Callable[[loop_lib.StepInfo], Any], int]] = (),
-          init_state: Optional[Callable[[Any], Any]] = None) -> TrainResult:
+          init_state: Optional[Callable[[Any], Any]] = None,
+          writer: Optional[metrics_lib.MetricWriter] = None) -> TrainResult:
   """Trains `model` (anything meeting `models.contract`) as `config` says.
 
   `train_iter` yields host-local numpy batches and, to be resumable, has
@@ -92,6 +93,9 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   `hooks`: extra (fn(info), every) pairs, run after the standard ones.
   `init_state(state) -> state` adjusts a fresh (not resumed) state, e.g. to
   load parameters the study initialises itself.
+  `writer`: an open MetricWriter to log into instead of a new one in workdir
+  (the caller closes it), so that the caller's hooks write to the same
+  metrics.jsonl and TensorBoard run.
   """
   model = contract.as_model(model)
   tcfg = config.trainer
@@ -140,7 +144,9 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   put = lambda b: sharding_lib.global_batch(b, mesh)
 
   is_main = jax.process_index() == 0
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  own_writer = writer is None
+  if own_writer:
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   peak, peak_source = flops_lib.peak_flops_per_device(float(tcfg.get("peak_flops", 0.0)))
   start_step = int(jax.device_get(state.step))
   progress = progress_lib.Progress(total_steps, "train", start=start_step,
@@ -181,7 +187,10 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   finally:
     if ckpt is not None:
       ckpt.close()
-    writer.close()
+    if own_writer:
+      writer.close()
+    else:
+      writer.flush()
   if result.preempted:
     logging.warning("preempted: saved step %d and stopped", result.step)
   return TrainResult(state=result.state, final_step=int(jax.device_get(result.state.step)),
