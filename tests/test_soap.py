@@ -9,6 +9,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from optimizers import SOAP_STATIC_ARGS, scale_by_soap, soap
+from optimizer_references import numpy_soap
 
 
 def _randn(rng, shape):
@@ -29,48 +30,6 @@ def _run(tx, grads, params=None):
 
   state, us = go(stacked, params)
   return [jax.tree.map(lambda x, i=i: x[i], us) for i in range(len(grads))], state
-
-
-def _eig_desc(f):
-  w, v = np.linalg.eigh(f)
-  return v[:, ::-1]
-
-
-def _qr_step(f, q):
-  est = np.einsum("ji,jk,ki->i", q, f, q)
-  order = np.argsort(-est, kind="stable")
-  q = q[:, order]
-  qn, r = np.linalg.qr(f @ q)
-  return qn * np.where(np.diag(r) < 0, -1.0, 1.0), order
-
-
-def numpy_soap(grads, b1, b2, sb2, eps, freq, qr, precondition=(True, True)):
-  """SOAP for one matrix, float64: Adam on Q_L^T G Q_R, bases from L, R."""
-  m, n = grads[0].shape
-  fac = [np.zeros((m, m)), np.zeros((n, n))]
-  q = [np.eye(m), np.eye(n)]
-  mu, nu, outs = np.zeros((m, n)), np.zeros((m, n)), []
-  for t, g in enumerate(grads, 1):
-    g = np.asarray(g, np.float64)
-    gr = q[0].T @ g @ q[1]
-    mu = b1 * mu + (1 - b1) * gr
-    nu = b2 * nu + (1 - b2) * gr * gr
-    step = (mu / (1 - b1 ** t)) / (np.sqrt(nu / (1 - b2 ** t)) + eps)
-    outs.append(q[0] @ step @ q[1].T)
-    fac = [sb2 * fac[0] + (1 - sb2) * g @ g.T, sb2 * fac[1] + (1 - sb2) * g.T @ g]
-    if (t - 1) % freq == 0:
-      new_q = list(q)
-      for i in range(2):
-        if not precondition[i]:
-          continue
-        if t == 1 or not qr:
-          new_q[i] = _eig_desc(fac[i])
-        else:
-          new_q[i], order = _qr_step(fac[i], q[i])
-          nu = nu[order, :] if i == 0 else nu[:, order]
-      mu = new_q[0].T @ (q[0] @ mu @ q[1].T) @ new_q[1]
-      q = new_q
-  return outs
 
 
 class ReferenceTest(parameterized.TestCase):
