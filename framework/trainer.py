@@ -107,6 +107,9 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   total_steps = int(tcfg.total_steps)
   steps_per_call = int(tcfg.get("steps_per_call", 1))
   full_batch = bool(tcfg.get("full_batch", False))
+  if steps_per_call < 1 or total_steps % steps_per_call:
+    raise ValueError(f"config.trainer.steps_per_call={steps_per_call} must be >= 1 and "
+                     f"divide trainer.total_steps={total_steps}")
   schedule = optim.make_schedule(config.schedule, total_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
 

@@ -63,7 +63,8 @@ class CheckpointResumeTest(absltest.TestCase):
     for pos, digest in seen_after.items():
       self.assertEqual(self.straight_batches[pos], digest)
     # (The trainer peeks at the first position to learn batch shapes before restoring.)
-    first = (("batch", 0), ("epoch", 0), ("seed", 3))
+    first = (("batch", 0), ("epoch", 0), ("global_batch_size", 16), ("num_shards", 1),
+             ("seed", 3))
     self.assertLen([p for p in seen_after if p != first], 10)
 
   def test_partial_save_is_never_loaded(self):

@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.trainer = ml_collections.ConfigDict(dict(
       total_steps=100, num_microbatches=1, log_every=10, eval_every=50,
+      steps_per_call=1,      # >1: that many steps per dispatch (lax.scan), one batch each
+      full_batch=False,      # True: reuse one batch every step (full-batch training)
       nan_policy="skip",     # skip | stop
       peak_flops=0.0,        # per device; 0 = vendor table, or measured matmul on CPU
       progress_every_s=10.0, print_progress=True,
