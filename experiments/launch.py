@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,13 +26,39 @@ _WORKDIR = flags.DEFINE_string(
     "Default: runs/<config file name>.")
 
 
+def one_line(err: BaseException) -> str:
+  """`err` as one line: flag parsing wraps config errors in others, so take the
+  message in the chain that carries a did-you-mean hint, else the root cause."""
+  chain = []
+  while err is not None and len(chain) < 10:
+    chain.append(err)
+    err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+  pick = next((e for e in chain if "did you mean" in str(e).lower()), chain[-1])
+  text = str(pick).replace("\\n", " ").replace("\\'", "'").strip().strip("'\"")
+  return " ".join(text.split())
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, but a bad flag or config file is one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
+    print(f"launch: {one_line(err)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from framework import mesh  # pylint: disable=g-import-not-at-top
   mesh.maybe_initialize_distributed()
-  config = _CONFIG.value
-  if "runner" not in config:
+  try:
+    config = _CONFIG.value
+    has_runner = "runner" in config  # a config file that failed to load raises here
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as err:
+    print(f"launch: --config: {one_line(err)}", file=sys.stderr)
+    sys.exit(2)
+  if not has_runner:
     raise app.UsageError("the config has no `runner` field naming the module to run")
   workdir = _WORKDIR.value or os.path.join(
       "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])
@@ -39,12 +66,16 @@ def main(argv):
   if not hasattr(runner, "default_config"):
     raise app.UsageError(f"runner {config.runner} has no default_config() (its config schema)")
   from framework import config as config_lib  # pylint: disable=g-import-not-at-top
-  config_lib.check_keys(config, runner.default_config())
-  summary = runner.run(config, workdir)
+  try:
+    config_lib.check_keys(config, runner.default_config())
+    summary = runner.run(config, workdir)
+  except (config_lib.ConfigError, mesh.MeshError) as err:
+    print(f"launch: {one_line(err)}", file=sys.stderr)
+    sys.exit(2)
   logging.info("run directory: %s", os.path.abspath(workdir))
   print(json.dumps(summary, default=str, indent=2))
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
   """Fails fast, naming the field, before any data is read or anything compiles."""
   config_lib.check_keys(config, default_config())
+  trainer.check_config(config)
   sizes = mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), jax.device_count())
   req = config_lib.require
   try:
@@ -49,7 +50,6 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
       f"{mb} must divide the global batch size {gbs}")
   req((gbs // mb) % batch_shards == 0, "trainer.num_microbatches",
       f"each micro-batch ({gbs // mb}) must still split over {batch_shards} batch shards")
-  req(config.trainer.total_steps > 0, "trainer.total_steps", "must be positive")
   source = config.data.source
   req(source in lm_sources.SOURCES, "data.source",
       f"{source!r} must be one of {', '.join(repr(s) for s in lm_sources.SOURCES)}")
@@ -65,6 +65,8 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
     fraction = float(config.data.curated_validation_fraction)
     req(0.0 < fraction < 1.0, "data.curated_validation_fraction",
         f"{fraction} must be in (0, 1): the held-out share of the curated documents")
+  req(config.data.vocab in ("byte", "sentencepiece"), "data.vocab",
+      f"{config.data.vocab!r} must be 'byte' or 'sentencepiece'")
   if config.data.vocab == "sentencepiece":
     req(os.path.exists(config.data.vocab_path), "data.vocab_path",
         f"file not found: {config.data.vocab_path!r}")

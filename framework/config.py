@@ -54,3 +54,39 @@ def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
 def require(condition: bool, field: str, message: str) -> None:
   if not condition:
     raise ConfigError(f"config.{field}: {message}")
+
+
+def check_training(config: ml_collections.ConfigDict, *, known_optimizers: tuple[str, ...],
+                   known_schedules: tuple[str, ...], nan_policies: tuple[str, ...]) -> None:
+  """Checks the sections every trained config shares (optimizer, schedule,
+  trainer, checkpoint) before any data is read, naming the field."""
+  import math  # pylint: disable=g-import-not-at-top
+  opt, sched, tr = config.optimizer, config.schedule, config.trainer
+  require(opt.name in known_optimizers, "optimizer.name",
+          f"{opt.name!r} is not one of {list(known_optimizers)}")
+  require(sched.name in known_schedules, "schedule.name",
+          f"{sched.name!r} is not one of {list(known_schedules)}")
+  for field in ("peak_lr", "end_lr_fraction"):
+    if field in sched:
+      value = float(sched[field])
+      require(math.isfinite(value) and value >= 0, f"schedule.{field}",
+              f"{sched[field]!r} must be finite and >= 0")
+  require(int(sched.get("warmup_steps", 0)) >= 0, "schedule.warmup_steps", "must be >= 0")
+  for field in ("weight_decay", "grad_clip_norm"):
+    if field in opt:
+      value = float(opt[field])
+      require(math.isfinite(value) and value >= 0, f"optimizer.{field}",
+              f"{opt[field]!r} must be finite and >= 0")
+  require(tr.nan_policy in nan_policies, "trainer.nan_policy",
+          f"{tr.nan_policy!r} is not one of {list(nan_policies)}")
+  require(int(tr.total_steps) > 0, "trainer.total_steps", "must be positive")
+  for field in ("log_every", "eval_every"):
+    require(int(tr[field]) >= 1, f"trainer.{field}", "must be >= 1")
+  per_call = int(tr.get("steps_per_call", 1))
+  require(per_call >= 1 and int(tr.total_steps) % per_call == 0, "trainer.steps_per_call",
+          f"{per_call} must be >= 1 and divide trainer.total_steps={tr.total_steps}")
+  require(int(tr.get("max_consecutive_skips", 0)) >= 0, "trainer.max_consecutive_skips",
+          "must be >= 0 (0: never stop for skipped steps)")
+  if "checkpoint" in config and config.checkpoint.enabled:
+    require(int(config.checkpoint.every) >= 1, "checkpoint.every", "must be >= 1")
+    require(int(config.checkpoint.keep) >= 0, "checkpoint.keep", "must be >= 0")

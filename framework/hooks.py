@@ -83,16 +83,32 @@ class NanGuard:
   """Acts on the step's `nonfinite` metric (the step already kept the old state).
 
   policy "stop": checked every step, raising before the next step runs.
-  policy "skip": the skipped steps are counted on the device and reported in a
-  warning when `report` fires (at log time), so no step waits for the host.
+  policy "skip": skipped steps are counted on the device and reported in a
+  warning when `report` fires (at log time). With `max_consecutive` > 0 the
+  run of consecutive skips is checked every step, one step behind (the flag
+  of step k is read once step k+1 is queued, so no step waits for the host),
+  and reaching it raises.
   """
 
-  def __init__(self, policy: str):
+  def __init__(self, policy: str, max_consecutive: int = 0):
     if policy not in ("skip", "stop"):
       raise ValueError(f"nan_policy={policy!r} must be 'skip' or 'stop'")
     self.policy = policy
+    self.max_consecutive = int(max_consecutive)
     self._skipped = None
+    self._run = None          # device: consecutive skipped steps up to the last step
+    self._run_step = 0
     self.total_skipped = 0
+
+  def _check_run(self) -> None:
+    if self._run is None:
+      return
+    run = int(jax.device_get(self._run))
+    if run >= self.max_consecutive:
+      raise NonFiniteLossError(
+          f"{run} steps in a row up to step {self._run_step} had a non-finite loss, "
+          f"gradient or update and were skipped (trainer.max_consecutive_skips="
+          f"{self.max_consecutive}); stopping")
 
   def __call__(self, info) -> None:
     flag = info.device_metrics.get("nonfinite") if info.device_metrics else None
@@ -102,20 +118,26 @@ class NanGuard:
       host = info.metrics
       if host["nonfinite"] > 0:
         raise NonFiniteLossError(
-            f"step {info.step}: non-finite loss={host.get('loss')} or grad_norm="
-            f"{host.get('grad_norm')}; the update was skipped (nan_policy='stop')")
-    else:
-      self._skipped = flag if self._skipped is None else self._skipped + flag
+            f"step {info.step}: non-finite loss={host.get('loss')}, grad_norm="
+            f"{host.get('grad_norm')} or update; the update was skipped (nan_policy='stop')")
+      return
+    self._skipped = flag if self._skipped is None else self._skipped + flag
+    if self.max_consecutive > 0:
+      self._check_run()
+      self._run = flag if self._run is None else flag * (self._run + 1.0)
+      self._run_step = info.step
 
   def report(self, info) -> None:
+    if self.policy == "skip" and self.max_consecutive > 0 and info.final:
+      self._check_run()
     if self._skipped is None:
       return
     skipped = int(jax.device_get(self._skipped))
     self._skipped = None
     if skipped:
       self.total_skipped += skipped
-      logging.warning("steps up to %d: %d update(s) had a non-finite loss or gradient and "
-                      "were skipped (nan_policy='skip'; %d in all)", info.step, skipped,
+      logging.warning("steps up to %d: %d update(s) had a non-finite loss, gradient or update "
+                      "and were skipped (nan_policy='skip'; %d in all)", info.step, skipped,
                       self.total_skipped)
 
 

@@ -9,9 +9,13 @@ accumulation over M micro-batches is exactly one big batch:
 Micro-batch m takes rows m, m + M, m + 2M, ... of the global batch, so each
 device already holds its share of every micro-batch (no resharding).
 
-Non-finite loss or gradients: `nan_policy="skip"` keeps the old params and
-optimizer state for that step (the step counter still advances, since the
-batch was consumed) and reports `nonfinite=1`; `"stop"` makes the loop raise.
+The guard: a step is applied only if the loss, the gradient norm, the update
+norm, the new parameters' norm and every new optimizer-state leaf are finite
+(a NaN learning rate or a corrupt optimizer moment makes a non-finite update
+from finite gradients). Otherwise the old params and optimizer state are
+kept (the step counter still advances, since the batch was consumed) and the
+step reports `nonfinite=1`; `nan_policy="stop"` makes the loop raise before
+the next step, `"skip"` goes on (up to `trainer.max_consecutive_skips`).
 """
 from __future__ import annotations
 
@@ -70,6 +74,12 @@ def compute_grads(model: Any, params: Any, batch: dict[str, jax.Array],
   return grads, sums
 
 
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Every sum divided by the count; the count itself is kept."""
   count = jnp.maximum(contract.count_of(sums), 1.0)
@@ -96,13 +106,17 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     metrics = means(sums)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    # On a skipped step, param_norm is that of the rejected parameters.
+    param_norm = optax.global_norm(new_params)
+    finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(updates)) & jnp.isfinite(param_norm)
+              & _all_finite(new_opt_state))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     rng, _ = jax.random.split(state.rng)
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                            opt_state=keep(new_opt_state, state.opt_state), rng=rng)
     metrics["grad_norm"] = grad_norm
-    metrics["param_norm"] = optax.global_norm(new_state.params)
+    metrics["param_norm"] = param_norm
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     if schedule is not None:
       metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from framework import checkpoint as checkpoint_lib
+from framework import config as config_lib
 from framework import flops as flops_lib
 from framework import hooks as hooks_lib
 from framework import loop as loop_lib
@@ -72,6 +73,13 @@ class _Batches:
     return sharding_lib.global_batch(stacked, self.mesh, stacked=True)
 
 
+def check_config(config: Any) -> None:
+  """The checks of `framework.config.check_training` with the framework's names."""
+  config_lib.check_training(config, known_optimizers=optim.OPTIMIZERS,
+                            known_schedules=optim.SCHEDULES,
+                            nan_policies=train_step_lib.NAN_POLICIES)
+
+
 def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], *,
           workdir: str,
           eval_batches: Optional[Callable[[], Iterable[dict[str, np.ndarray]]]] = None,
@@ -98,18 +106,13 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   metrics.jsonl and TensorBoard run.
   """
   model = contract.as_model(model)
+  check_config(config)
   tcfg = config.trainer
-  if tcfg.nan_policy not in train_step_lib.NAN_POLICIES:
-    raise ValueError(f"config.trainer.nan_policy={tcfg.nan_policy!r} must be one of "
-                     f"{train_step_lib.NAN_POLICIES}")
   mesh = mesh if mesh is not None else mesh_lib.create_mesh(dict(config.mesh.shape))
   rules = sharding_lib.normalize_rules(config.sharding.rules)
   total_steps = int(tcfg.total_steps)
   steps_per_call = int(tcfg.get("steps_per_call", 1))
   full_batch = bool(tcfg.get("full_batch", False))
-  if steps_per_call < 1 or total_steps % steps_per_call:
-    raise ValueError(f"config.trainer.steps_per_call={steps_per_call} must be >= 1 and "
-                     f"divide trainer.total_steps={total_steps}")
   schedule = optim.make_schedule(config.schedule, total_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
 
@@ -166,7 +169,7 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   log = hooks_lib.LogMetrics(writer, flops_per_token=flops_per_token,
                              peak_flops_total=peak * mesh.devices.size, progress=progress,
                              start_step=start_step)
-  nan_guard = hooks_lib.NanGuard(tcfg.nan_policy)
+  nan_guard = hooks_lib.NanGuard(tcfg.nan_policy, int(tcfg.get("max_consecutive_skips", 0)))
   loop.add_hook(log.accumulate, every=1)
   loop.add_hook(nan_guard, every=1)
   if step_callback is not None:

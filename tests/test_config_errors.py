@@ -39,6 +39,19 @@ class ConfigErrorTest(absltest.TestCase):
     config.mesh.shape = {"data": 2, "fsdp": 2, "tensor": 1}
     self._run_expecting(config, mesh_lib.MeshError, r"needs 4 devices but 8")
 
+  def test_bad_enum_and_numeric_fields_fail_before_data(self):
+    cases = [("schedule.peak_lr", -1e-3), ("schedule.peak_lr", float("nan")),
+             ("trainer.nan_policy", "ignore"), ("optimizer.name", "adam2"),
+             ("schedule.name", "cos"), ("data.vocab", "bpe"),
+             ("trainer.max_consecutive_skips", -1), ("optimizer.weight_decay", float("inf"))]
+    for field, value in cases:
+      config = lm_quickstart.get_config()
+      section, key = field.split(".")
+      config[section][key] = value
+      with mock.patch("data_pipelines.lm_sources.arrays_from_config",
+                      side_effect=AssertionError("data was read")):
+        self._run_expecting(config, config_lib.ConfigError, rf"config\.{field}")
+
   def test_missing_data_path(self):
     config = lm_quickstart.get_config()
     config.data.source = "files"
@@ -68,6 +81,9 @@ class ConfigErrorTest(absltest.TestCase):
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     self.assertNotEqual(proc.returncode, 0)
     self.assertIn("totl_steps", proc.stderr)
+    # One line with the hint, not a chained traceback.
+    self.assertNotIn("Traceback", proc.stderr)
+    self.assertRegex(proc.stderr, r"launch: .*totl_steps.*Did you mean \"total_steps\"")
 
   def test_cli_missing_config_file_fails(self):
     proc = subprocess.run(
@@ -75,6 +91,19 @@ class ConfigErrorTest(absltest.TestCase):
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     self.assertNotEqual(proc.returncode, 0)
     self.assertIn("nope.py", proc.stderr)
+    self.assertNotIn("Traceback", proc.stderr)
+
+  def test_cli_bad_value_is_one_line_before_data_loading(self):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.launch",
+         "--config=experiments/configs/lm_quickstart.py", "--config.schedule.peak_lr=nan",
+         "--config.data.data_dir=/nonexistent/never/created",
+         f"--workdir={self.create_tempdir().full_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertNotIn("Traceback", proc.stderr)
+    self.assertIn("launch: config.schedule.peak_lr", proc.stderr)
+    self.assertFalse(os.path.exists("/nonexistent/never/created"))
 
 
 if __name__ == "__main__":

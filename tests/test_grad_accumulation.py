@@ -1,4 +1,6 @@
 """Gradient accumulation over micro-batches equals one big batch; NaN guard."""
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,6 +87,69 @@ class NanGuardTest(absltest.TestCase):
   def test_stop_policy_raises(self):
     with self.assertRaisesRegex(trainer.NonFiniteLossError, "step 2"):
       self._run("stop")
+
+  def test_stop_policy_stops_before_the_next_step(self):
+    calls = []
+    real = trainer.train_step_lib.make_train_step
+
+    def counting(*args, **kwargs):
+      step = real(*args, **kwargs)
+
+      def wrapped(state, batch):
+        jax.debug.callback(lambda: calls.append(1))
+        return step(state, batch)
+      return wrapped
+
+    with mock.patch.object(trainer.train_step_lib, "make_train_step", counting):
+      with self.assertRaises(trainer.NonFiniteLossError):
+        self._run("stop")
+    jax.effects_barrier()
+    self.assertLen(calls, 2)  # steps 1 and 2 ran; step 3 never did
+
+  def _run_corrupt_optimizer(self, **trainer_overrides):
+    """AdamW whose first moment is NaN: finite loss and grads, non-finite update."""
+    config = lm_testlib.tiny_config(eval_every=10**6, **trainer_overrides)
+    config.checkpoint.enabled = False
+    it = batching.BatchIterator(lm_testlib.synthetic_arrays(num=32), 16, shuffle=False)
+    mesh = mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])
+    start = {}
+
+    def corrupt(state):
+      start["params"] = jax.device_get(state.params)
+      poison = lambda x: jnp.full_like(x, jnp.nan) if x.ndim else x
+      return state.replace(opt_state=jax.tree.map(poison, state.opt_state))
+
+    seen = []
+    result = trainer.train(config, lm_testlib.tiny_model(config), it,
+                           workdir=self.create_tempdir().full_path, mesh=mesh,
+                           init_state=corrupt, step_callback=lambda s, m: seen.append(m))
+    return result, seen, start["params"]
+
+  def test_non_finite_update_is_never_applied(self):
+    result, seen, params0 = self._run_corrupt_optimizer(total_steps=3, nan_policy="skip",
+                                                        max_consecutive_skips=0)
+    self.assertTrue(all(np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) for m in seen))
+    self.assertEqual([m["nonfinite"] for m in seen], [1.0, 1.0, 1.0])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params), params0)
+
+  def test_nan_learning_rate_update_is_skipped(self):
+    config = lm_testlib.tiny_config()
+    model = lm_testlib.tiny_model(config)
+    batch = {k: jnp.asarray(v[:4]) for k, v in lm_testlib.synthetic_arrays(num=4).items()}
+    tx = optax.adamw(lambda step: jnp.nan)
+    params = model.init(jax.random.PRNGKey(0), batch)
+    params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
+                          is_leaf=lambda x: hasattr(x, "unbox"))
+    state = train_state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                       opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+    new, metrics = jax.jit(train_step_lib.make_train_step(model, tx))(state, batch)
+    self.assertEqual(float(metrics["nonfinite"]), 1.0)
+    jax.tree.map(np.testing.assert_array_equal, new.params, params)
+
+  def test_max_consecutive_skips_stops_with_a_clear_message(self):
+    with self.assertRaisesRegex(trainer.NonFiniteLossError,
+                                r"3 steps in a row .*max_consecutive_skips=3"):
+      self._run_corrupt_optimizer(total_steps=10, nan_policy="skip", max_consecutive_skips=3)
 
 
 if __name__ == "__main__":

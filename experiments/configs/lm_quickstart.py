@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
       steps_per_call=1,      # >1: that many steps per dispatch (lax.scan), one batch each
       full_batch=False,      # True: reuse one batch every step (full-batch training)
       nan_policy="skip",     # skip | stop
+      max_consecutive_skips=10,  # stop after this many skipped steps in a row (0: never)
       peak_flops=0.0,        # per device; 0 = vendor table, or measured matmul on CPU
       progress_every_s=10.0, print_progress=True,
   ))
