@@ -109,18 +109,36 @@ def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules,
 BLOCK_STATE_AXES = ("fsdp",)
 
 
+def _mirrors(node: Any, params_def: Any) -> bool:
+  """Whether `node` has the parameters' tree structure at its top (subtrees in
+  place of the parameters: Adam's mu, Shampoo's per-parameter leaf states)."""
+  try:
+    params_def.flatten_up_to(node)
+  except ValueError:
+    return False
+  return True
+
+
 def follow_param_shardings(tree: Any, params: Any, param_shardings: Any,
                            mesh: Mesh, block_axes: Sequence[str] = BLOCK_STATE_AXES) -> Any:
   """Shardings for an optimizer state.
 
-  Leaves that mirror a parameter (same path suffix and shape, e.g. Adam's
-  mu/nu) take that parameter's sharding. Stacked per-block statistics (ndim
-  >= 3, e.g. Shampoo's (num_blocks, b, b) factors and roots, SOAP's bases) are
-  split along their block axis over `block_axes` where it divides evenly, so
-  that, as for FSDP parameters, each device holds and updates 1/n of them
-  instead of a full copy (the ZeRO view of the optimizer state). Everything
-  else (counts, scalars, small vectors) is replicated.
+  Leaves that mirror a parameter take that parameter's sharding: inside any
+  subtree of the state that has the parameters' tree structure (Adam's
+  mu / nu, Shampoo's momentum and its per-parameter `ShampooLeafState`s,
+  SOAP's leaf states), every leaf of a parameter's shape under that
+  parameter's position (e.g. Shampoo's `leaves[p].nu`); elsewhere, leaves
+  whose path ends with a parameter's path and have its shape. Stacked
+  per-block statistics (ndim >= 3, e.g. Shampoo's (num_blocks, b, b) factors
+  and roots, SOAP's bases) are split along their block axis over `block_axes`
+  where it divides evenly, so that, as for FSDP parameters, each device holds
+  and updates 1/n of them instead of a full copy (the ZeRO view of the
+  optimizer state). Everything else (counts, scalars, small vectors) is
+  replicated.
   """
+  params_def = jax.tree.structure(params)
+  param_shapes = [tuple(leaf.shape) for leaf in jax.tree.leaves(params)]
+  param_sh = params_def.flatten_up_to(param_shardings)
   by_path = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     by_path[tuple(path)] = leaf.shape
@@ -131,19 +149,32 @@ def follow_param_shardings(tree: Any, params: Any, param_shardings: Any,
   axes = tuple(a for a in block_axes if mesh.shape.get(a, 1) > 1)
   ways = math.prod(mesh.shape[a] for a in axes)
 
-  def one(path, leaf):
+  def other(shape):
+    if axes and len(shape) >= 3 and shape[0] % ways == 0:
+      return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
+    return replicated
+
+  def under_param(sub, shape, sharding):
+    return jax.tree.map(
+        lambda x: sharding if tuple(getattr(x, "shape", ())) == shape
+        else other(tuple(getattr(x, "shape", ()))), sub)
+
+  def one(path, node):
+    if _mirrors(node, params_def):
+      subs = params_def.flatten_up_to(node)
+      return params_def.unflatten([under_param(sub, shape, sh) for sub, shape, sh
+                                   in zip(subs, param_shapes, param_sh)])
     path = tuple(path)
-    shape = getattr(leaf, "shape", ())
+    shape = getattr(node, "shape", ())
     for k in lengths:
       if k <= len(path):
         suffix = path[len(path) - k:]
         if suffix in by_path and by_path[suffix] == shape:
           return shard_by_path[suffix]
-    if axes and len(shape) >= 3 and shape[0] % ways == 0:
-      return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
-    return replicated
+    return other(tuple(shape))
 
-  return jax.tree_util.tree_map_with_path(one, tree)
+  return jax.tree_util.tree_map_with_path(
+      one, tree, is_leaf=lambda node: _mirrors(node, params_def))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, stacked: bool = False) -> NamedSharding:
