@@ -1,0 +1,1 @@
+"""Kronecker-approximation study (Morwani et al. 2024): runner, analysis, configs."""
