@@ -18,17 +18,29 @@ lag L-1 never arrives, so yield < 1 is expressible.  Training is maximum
 likelihood with teacher forcing (`GenQOT.__call__`); `GenQOT.sample` draws
 share vectors ancestrally.
 
+Model contract (`models.contract`; registered as `model.name=genqot`): a
+batch {x (B, C), rho (B, L)} of B orders gives the sums
+  loss = sum_i -log p(rho_i | x_i) / L,   count = B,   nll = sum_i -log p(rho_i | x_i),
+so the framework minimises the mean NLL per order divided by the number of
+lags L (nats per lag) and also reports the mean NLL per order.
+
 `PolicyNet` is the neural buying policy: an MLP from state features to a
-non-negative order (in units of the product's demand scale).
+non-negative order (in units of the product's demand scale). It has no loss
+of its own: its objective is the profit simulated with it, which needs the
+inventory simulator and data (`experiments/inventory/policy_objective.py`).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import dataclasses
+from typing import Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
+
+from models import contract
+from models import registry
 
 ZERO_TOL = 1e-6      # u below this counts as "nothing arrived".
 FULL_TOL = 1e-4      # u above 1 - this counts as "all remaining arrived".
@@ -160,6 +172,12 @@ class GenQOT(nn.Module):
     _, _, mask = shares_to_fractions(rho)
     return jnp.sum(jnp.where(mask, self.step_log_probs(x, rho), 0.0), axis=-1)
 
+  def loss(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Contract sums over the B orders: NLL / L (loss), B (count), NLL (nll)."""
+    nll = -jnp.sum(self(batch["x"], batch["rho"]))
+    count = jnp.asarray(batch["rho"].shape[0], jnp.float32)
+    return {"loss": nll / self.num_lags, "count": count, "nll": nll}
+
   def sample(self, x: jax.Array, key: jax.Array) -> jax.Array:
     """Draws rho (..., L) ~ p(. | x) ancestrally."""
     # The same scanned decoder with sampling switched on, bound to the
@@ -187,3 +205,15 @@ class PolicyNet(nn.Module):
     out = nn.Dense(1, kernel_init=nn.initializers.zeros,
                    bias_init=nn.initializers.constant(self.init_bias))(h)
     return jax.nn.softplus(out[..., 0])
+
+
+@dataclasses.dataclass(frozen=True)
+class GenQOTConfig:
+  num_lags: int = 10
+  hidden: int = 64
+  min_concentration: float = 0.2
+
+
+@registry.register("genqot", GenQOTConfig)
+def build(cfg: GenQOTConfig) -> contract.FlaxModel:
+  return contract.FlaxModel(GenQOT(**dataclasses.asdict(cfg)))

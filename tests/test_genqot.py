@@ -1,12 +1,20 @@
 """Tests for the Gen-QOT arrival model and the policy network."""
+import tempfile
+
 from absl.testing import absltest
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 from scipy import integrate
 
+from data_pipelines import batching
+from framework import mesh as mesh_lib
+from framework import sharding
+from framework import trainer
+from models import contract
 from models import genqot as gq
+from models import registry
 
 # Unit tests are compile-bound: skip XLA's backend optimisations.
 _FAST = {"xla_backend_optimization_level": 0}
@@ -119,9 +127,28 @@ class GenQOTTest(absltest.TestCase):
     p_full1 = float(np.exp(steps[64, 1]))
     self.assertAlmostEqual(float(np.mean(s[cond, 1] == 1.0)), p_full1, delta=0.02)
 
+  def test_contract_sums_and_registry(self):
+    model = registry.build({"name": "genqot", "num_lags": 4, "hidden": 8})
+    self.assertIsInstance(model, contract.FlaxModel)
+    self.assertEqual(model.module, gq.GenQOT(num_lags=4, hidden=8))
+    rng = np.random.default_rng(5)
+    rho = rng.dirichlet(np.ones(4), 12) * rng.uniform(0.5, 1.0, (12, 1))
+    rho[:3] = np.eye(4)[:3]
+    batch = {"x": jnp.asarray(rng.normal(size=(12, 3)), jnp.float32),
+             "rho": jnp.asarray(rho, jnp.float32)}
+    params = _jit(model.init)(jax.random.PRNGKey(0), batch)
+    sums, ll = _jit(lambda p: (model.loss(p, batch),
+                               model.module.apply({"params": p}, batch["x"], batch["rho"])))(params)
+    ll = np.asarray(ll)
+    self.assertEqual(float(sums["count"]), 12.0)
+    np.testing.assert_allclose(float(sums["nll"]), -ll.sum(), rtol=1e-5)
+    # The framework's loss / count is the old objective: mean NLL per order / L.
+    np.testing.assert_allclose(float(sums["loss"] / sums["count"]), -ll.mean() / 4, rtol=1e-5)
+
   def test_learns_feature_dependent_arrivals(self):
     """x = -1: whole order at lag 1 (70%) or 3 (30%); x = +1: share s ~ U(.2,.8)
-    at lag 0, the rest at lag 2, then 10% short (yield 0.8 on the rest)."""
+    at lag 0, the rest at lag 2, then 10% short (yield 0.8 on the rest).
+    Trained by the framework's trainer (Adam, cosine decay) on the contract loss."""
     rng = np.random.default_rng(3)
     n, num_lags = 4096, 5
     sign = rng.choice([-1.0, 1.0], n)
@@ -133,26 +160,29 @@ class GenQOTTest(absltest.TestCase):
     short = rng.random(n) < 0.1
     rho[~neg, 0] = s[~neg]
     rho[~neg, 2] = np.where(short, 0.8, 1.0)[~neg] * (1 - s[~neg])
-    x = jnp.asarray(np.stack([sign, np.zeros(n)], -1), jnp.float32)
-    rho = jnp.asarray(rho)
-    model = gq.GenQOT(num_lags=num_lags, hidden=16)
-    params = _jit(model.init)(jax.random.PRNGKey(0), x[:2], rho[:2])
-    opt = optax.adam(optax.cosine_decay_schedule(1e-2, 400, 0.05))
-
-    @_jit
-    def train(params):
-      def body(carry, i):
-        params, st = carry
-        idx = jax.random.randint(jax.random.PRNGKey(i), (256,), 0, n)
-        loss, g = jax.value_and_grad(lambda p: -jnp.mean(model.apply(p, x[idx], rho[idx])))(params)
-        upd, st = opt.update(g, st, params)
-        return (optax.apply_updates(params, upd), st), loss
-      (params, _), losses = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(400))
-      xs = jnp.asarray([[-1.0, 0.0]] * 4000 + [[1.0, 0.0]] * 4000)
-      return losses, model.apply(params, xs, jax.random.PRNGKey(7), method=model.sample)
-
-    losses, smp = (np.asarray(v) for v in train(params))
-    self.assertLess(losses[-20:].mean(), losses[:5].mean() - 2.0)
+    x = np.stack([sign, np.zeros(n)], -1).astype(np.float32)
+    model = registry.build({"name": "genqot", "num_lags": num_lags, "hidden": 16})
+    config = ml_collections.ConfigDict(dict(
+        seed=0, mesh=dict(shape=dict(data=1, fsdp=1, tensor=1)),
+        sharding=dict(rules=sharding.DEFAULT_RULES),
+        optimizer=dict(name="adam", b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0),
+        schedule=dict(name="cosine", peak_lr=1e-2, warmup_steps=0, end_lr_fraction=0.05),
+        trainer=dict(total_steps=400, num_microbatches=1, log_every=400, eval_every=400,
+                     nan_policy="stop", peak_flops=0.0, print_progress=False),
+        checkpoint=dict(enabled=False, every=400, keep=1, async_save=False)))
+    nll = []
+    mesh = mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])
+    with tempfile.TemporaryDirectory() as workdir:
+      result = trainer.train(config, model, batching.BatchIterator({"x": x, "rho": rho}, 256),
+                             workdir=workdir, mesh=mesh,
+                             step_callback=lambda step, m: nll.append(m["nll"]))
+    nll = np.asarray(nll)
+    self.assertLen(nll, 400)
+    self.assertLess(nll[-20:].mean(), nll[:5].mean() - 2.0)
+    xs = jnp.asarray([[-1.0, 0.0]] * 4000 + [[1.0, 0.0]] * 4000)
+    smp = np.asarray(_jit(lambda p: model.module.apply({"params": p}, xs, jax.random.PRNGKey(7),
+                                                       method=model.module.sample))(
+                                                           result.state.params))
     neg_s, pos_s = smp[:4000], smp[4000:]
     first = np.argmax(neg_s > 1e-6, -1)
     self.assertAlmostEqual((first == 1).mean(), 0.7, delta=0.06)

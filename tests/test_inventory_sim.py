@@ -1,7 +1,4 @@
-"""Tests for the QOT inventory simulator, vendor constraints and metrics."""
-import os
-import tempfile
-
+"""Tests for the QOT inventory simulator, vendor constraints, policies and metrics."""
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -9,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import inventory as inv_data
-from tools import inventory_sim as sim
+from experiments.inventory import arrival_eval
+from experiments.inventory import policies
+from experiments.inventory import simulator as sim
 
 
 # Unit tests are compile-bound: skip XLA's backend optimisations.
@@ -107,7 +106,7 @@ class NewsvendorTest(absltest.TestCase):
     exog, static, g = self.exog, self.static, self.g
 
     def objective(level):
-      _, outs = sim.simulate(sim.base_stock_policy(level), sim.fixed_lag_arrivals(0, 3),
+      _, outs = sim.simulate(policies.base_stock_policy(level), sim.fixed_lag_arrivals(0, 3),
                              exog, static, jax.random.PRNGKey(0), constrain=False)
       return jnp.mean(sim.discounted_return(outs.reward, g))
     return objective
@@ -129,18 +128,18 @@ class NewsvendorTest(absltest.TestCase):
   def test_fractile_formula_limits(self):
     p, c, h, g = self.p, self.c, self.h, self.g
     inf = (p - c) / (p + h - g * c)
-    self.assertAlmostEqual(sim.newsvendor_fractile(p, c, h, g), inf)
-    self.assertAlmostEqual(sim.newsvendor_fractile(p, c, h, g, horizon=3000), inf, places=6)
+    self.assertAlmostEqual(policies.newsvendor_fractile(p, c, h, g), inf)
+    self.assertAlmostEqual(policies.newsvendor_fractile(p, c, h, g, horizon=3000), inf, places=6)
     # gamma = 0 (leftovers are worthless) gives the one-period (p - c) / (p + h);
     # gamma = 1, h = 0 (free, lossless storage) never stocks out: F = 1.
-    self.assertAlmostEqual(sim.newsvendor_fractile(p, c, h, 0.0), (p - c) / (p + h))
-    self.assertAlmostEqual(sim.newsvendor_fractile(p, c, 0.0, 1.0), 1.0)
+    self.assertAlmostEqual(policies.newsvendor_fractile(p, c, h, 0.0), (p - c) / (p + h))
+    self.assertAlmostEqual(policies.newsvendor_fractile(p, c, 0.0, 1.0), 1.0)
 
   def test_grid_and_gradient_optimum_match_critical_fractile(self):
     objective = self._objective()
     s_emp = self._sample_path_optimum()
     # Analytic finite-horizon fractile for Uniform(0, 100): S* = 100 F*.
-    s_analytic = 100.0 * sim.newsvendor_fractile(self.p, self.c, self.h, self.g, self.t)
+    s_analytic = 100.0 * policies.newsvendor_fractile(self.p, self.c, self.h, self.g, self.t)
     self.assertAlmostEqual(s_emp, s_analytic, delta=1.0)
     # Grid search.
     grid = np.linspace(62.0, 94.0, 161)
@@ -159,7 +158,7 @@ class NewsvendorTest(absltest.TestCase):
     # The infinite-horizon fractile is the T -> inf limit; at T = 40 with
     # gamma = 0.95 it is close to the finite one.
     self.assertAlmostEqual(
-        100.0 * sim.newsvendor_fractile(self.p, self.c, self.h, self.g), s_analytic, delta=2.0)
+        100.0 * policies.newsvendor_fractile(self.p, self.c, self.h, self.g), s_analytic, delta=2.0)
 
 
 class SimulatorTest(parameterized.TestCase):
@@ -172,7 +171,7 @@ class SimulatorTest(parameterized.TestCase):
     rho = raw.astype(np.float32)
     level = 35.0
     exog = _exog(jnp.asarray(demand, jnp.float32), rho=jnp.asarray(rho))
-    _, outs = _simulate(sim.base_stock_policy(level), sim.replay_arrivals, exog,
+    _, outs = _simulate(policies.base_stock_policy(level), sim.replay_arrivals, exog,
                            _static(n, num_lags), jax.random.PRNGKey(0), constrain=False,
                            num_lags=num_lags)
     ref = _reference_qot(demand, rho.astype(np.float64),
@@ -194,7 +193,7 @@ class SimulatorTest(parameterized.TestCase):
     demand = jnp.asarray(rng.gamma(2.0, 5.0, (n, t)), jnp.float32)
     static = _static(n, num_lags, moq=6.0, batch=3.0)
     state0 = sim.init_state(n, num_lags, 20.0)
-    final, outs = _simulate(sim.newsvendor_policy(0.99), sim.true_arrivals(num_lags),
+    final, outs = _simulate(policies.newsvendor_policy(0.99), sim.true_arrivals(num_lags),
                                _exog(demand, horizon=num_lags), static,
                                jax.random.PRNGKey(1), state0)
     # Start + all arrivals = sales + end inventory.
@@ -210,6 +209,28 @@ class SimulatorTest(parameterized.TestCase):
     self.assertTrue(np.all((o == 0) | (o >= 6.0 - 1e-4)))
     np.testing.assert_allclose(o / 3.0, np.round(o / 3.0), atol=1e-4)
 
+  def test_per_product_keys_make_products_independent(self):
+    """With one key per product, a product's trajectory does not depend on
+    which other products are simulated with it (true, random arrivals)."""
+    n, t, num_lags = 6, 20, 5
+    # The same demand for every product: only the keys tell them apart.
+    demand = np.broadcast_to(np.random.default_rng(8).gamma(2.0, 5.0, (1, t)), (n, t))
+    exog = _exog(jnp.asarray(demand, jnp.float32), horizon=num_lags)
+    static = _static(n, num_lags, moq=6.0, batch=3.0)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(n))
+    policy = policies.newsvendor_policy(0.99)
+    arrivals = sim.true_arrivals(num_lags)
+    _, full = _simulate(policy, arrivals, exog, static, keys, sim.init_state(n, num_lags, 10.0))
+    sub = np.asarray([4, 1])
+    _, part = _simulate(policy, arrivals, sim.take_products(exog, sub),
+                        sim.take_products(static, sub), keys[sub],
+                        sim.init_state(2, num_lags, 10.0))
+    for field in ("order", "arrivals", "sales", "reward", "rho"):
+      np.testing.assert_allclose(np.asarray(getattr(part, field)),
+                                 np.asarray(getattr(full, field))[sub], rtol=1e-6, atol=1e-6)
+    # The keys matter: products with the same inputs draw different shares.
+    self.assertGreater(np.abs(np.asarray(full.rho)[0] - np.asarray(full.rho)[2]).max(), 0.1)
+
   def test_one_hot_shares_reproduce_lead_time_simulator(self):
     rng = np.random.default_rng(4)
     n, t, num_lags = 50, 35, 6
@@ -217,7 +238,7 @@ class SimulatorTest(parameterized.TestCase):
     lags = rng.integers(0, num_lags, (n, t))
     rho = np.eye(num_lags, dtype=np.float32)[lags]
     exog = _exog(jnp.asarray(demand, jnp.float32), rho=jnp.asarray(rho))
-    policy = sim.base_stock_policy(40.0)
+    policy = policies.base_stock_policy(40.0)
     _, qot = _simulate(policy, sim.replay_arrivals, exog, _static(n, num_lags),
                           jax.random.PRNGKey(0), constrain=False, num_lags=num_lags)
     # Classic lead-time simulator: order a_t arrives whole in week t + l_t.
@@ -254,7 +275,8 @@ class SimulatorTest(parameterized.TestCase):
       def ret(theta):
         level, mult = theta[0], theta[1]
         def policy(obs):
-          return mult * jnp.maximum(level - sim.inventory_position(obs), 0.0) + 0.1 * obs.x.forecast[0]
+          position = policies.inventory_position(obs)
+          return mult * jnp.maximum(level - position, 0.0) + 0.1 * obs.x.forecast[0]
         _, outs = sim.simulate(policy, sim.replay_arrivals, exog, static, key,
                                sim.init_state(n, num_lags, 5.0), constrain=False)
         return jnp.mean(sim.discounted_return(outs.reward, 0.97))
@@ -278,7 +300,7 @@ class MetricsTest(absltest.TestCase):
     x = rng.normal(size=(50, 7))
     y = rng.normal(size=7)
     brute = np.abs(x - y).mean(0) - 0.5 * np.abs(x[:, None] - x[None]).mean((0, 1))
-    crps = jax.jit(sim.crps_from_samples, compiler_options=_FAST)
+    crps = jax.jit(arrival_eval.crps_from_samples, compiler_options=_FAST)
     np.testing.assert_allclose(crps(jnp.asarray(x), jnp.asarray(y)), brute, rtol=1e-5, atol=1e-6)
     # Large-sample CRPS of N(0, 1) at y: y(2 Phi(y) - 1) + 2 phi(y) - 1/sqrt(pi).
     from scipy import stats
@@ -288,16 +310,17 @@ class MetricsTest(absltest.TestCase):
     np.testing.assert_allclose(crps(jnp.asarray(big), jnp.asarray(ys)), closed, atol=0.01)
 
   def test_quantile_loss_and_calibration(self):
-    np.testing.assert_allclose(sim.quantile_loss(jnp.asarray(1.0), jnp.asarray(3.0), 0.9), 1.8)
-    np.testing.assert_allclose(sim.quantile_loss(jnp.asarray(3.0), jnp.asarray(1.0), 0.9), 0.2,
+    ql = arrival_eval.quantile_loss
+    np.testing.assert_allclose(ql(jnp.asarray(1.0), jnp.asarray(3.0), 0.9), 1.8)
+    np.testing.assert_allclose(ql(jnp.asarray(3.0), jnp.asarray(1.0), 0.9), 0.2,
                                rtol=1e-6)
     rng = np.random.default_rng(7)
     truth = rng.dirichlet(np.ones(4), 400).astype(np.float32)
     same = rng.dirichlet(np.ones(4), (300, 400)).astype(np.float32)
-    m = sim.cumulative_receipt_metrics(jnp.asarray(same), jnp.asarray(truth))
+    m = arrival_eval.cumulative_receipt_metrics(jnp.asarray(same), jnp.asarray(truth))
     np.testing.assert_allclose(m["calibration_observed"], m["calibration_levels"], atol=0.06)
     wrong = np.broadcast_to(np.eye(4, dtype=np.float32)[3], (300, 400, 4))
-    m_wrong = sim.cumulative_receipt_metrics(jnp.asarray(wrong), jnp.asarray(truth))
+    m_wrong = arrival_eval.cumulative_receipt_metrics(jnp.asarray(wrong), jnp.asarray(truth))
     self.assertGreater(m_wrong["crps"], 2 * m["crps"])
 
 
@@ -327,31 +350,6 @@ class ArrivalProcessTest(absltest.TestCase):
     self.assertGreater(lag(peak), lag(small) + 0.7)
     # No arrivals before the base lead time.
     self.assertTrue(np.all(small[:, :2] == 0))
-
-
-class RunnerTest(absltest.TestCase):
-
-  def test_tiny_experiment_end_to_end(self):
-    from experiments import inventory as runner
-    from experiments.configs import inventory_genqot
-    config = inventory_genqot.get_config("tiny")
-    with tempfile.TemporaryDirectory() as workdir:
-      result = runner.run(config, workdir)
-      for name in ("report.md", "metrics.jsonl", "backtest_rewards.png",
-                   "genqot_calibration.png"):
-        self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
-    for key in ("genqot/crps", "lead_time/crps", "backtest/newsvendor/return_mean",
-                "backtest/policy_genqot/return_mean", "backtest/policy_lead_time/return_mean"):
-      self.assertIn(key, result)
-      self.assertTrue(np.isfinite(result[key]), key)
-    # Metric pipeline sanity: the true process scores best, and every model's
-    # predicted yield is a probability.  (Gen-QOT's margin over the lead-time
-    # model needs the default config's data; see test_genqot for learning.)
-    self.assertLess(result["oracle/crps"], result["lead_time/crps"])
-    self.assertLess(result["oracle/crps"], result["empirical/crps"])
-    for name in ("genqot", "oracle", "empirical"):
-      self.assertBetween(result[f"{name}/mean_yield_pred"], 0.5, 1.0)
-    self.assertEqual(result["lead_time/mean_yield_pred"], 1.0)
 
 
 if __name__ == "__main__":

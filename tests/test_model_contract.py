@@ -41,12 +41,18 @@ def _classifier_batch(shape):
   return make
 
 
+def _orders_batch(rng: np.random.Generator, n: int = 8, num_lags: int = 4):
+  rho = rng.dirichlet(np.ones(num_lags), n) * rng.uniform(0.5, 1.0, (n, 1))
+  return {"x": rng.normal(size=(n, 3)).astype(np.float32), "rho": rho.astype(np.float32)}
+
+
 # name -> (config fields, batch maker)
 CASES: dict[str, tuple[dict[str, Any], Callable]] = {
     "transformer": (dict(vocab_size=64, d_model=16, num_layers=1, num_heads=4,
                          num_kv_heads=2, head_dim=4, d_ff=32), _lm_batch),
     "mlp": (dict(hidden_sizes=(8, 8), num_outputs=3), _classifier_batch((5,))),
     "cnn": (dict(channels=(4,), hidden_sizes=(8,), num_outputs=3), _classifier_batch((8, 8, 1))),
+    "genqot": (dict(num_lags=4, hidden=8), _orders_batch),
 }
 
 

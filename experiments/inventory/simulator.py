@@ -29,12 +29,14 @@ The step is written for one product and `jax.vmap`-ed over products inside a
 `lax.scan` over weeks, so the whole backtest is one XLA computation that is
 differentiable in the policy parameters (rho is treated as exogenous:
 gradients do not flow through the arrival sampler).
+
+The policies (base stock, newsvendor, the neural policy) are in
+`experiments/inventory/policies.py`; the buyer's history and the arrival-model
+scores in `history.py` and `arrival_eval.py` next to this file.
 """
 from __future__ import annotations
 
-import functools
 import math
-import time
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -42,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import inventory as inv_data
-from models import genqot
 
 
 # ----------------------------------------------------------------------------
@@ -228,93 +229,12 @@ def arrival_features(order: jax.Array, x: Exog, s: Static) -> jax.Array:
       s.vendor_features], axis=-1).astype(jnp.float32)
 
 
-def genqot_arrivals(model, params) -> ArrivalFn:
-  """Arrivals drawn from a trained Gen-QOT model, conditioned on the order."""
+def genqot_arrivals(module, params) -> ArrivalFn:
+  """Arrivals drawn from a trained Gen-QOT model (`models.genqot.GenQOT` and
+  its parameters, the contract's `params`), conditioned on the order."""
   def fn(key, order, x, s):
     feats = arrival_features(jax.lax.stop_gradient(order), x, s)
-    return model.apply(params, feats, key, method=model.sample)
-  return fn
-
-
-# ----------------------------------------------------------------------------
-# Policies.
-# ----------------------------------------------------------------------------
-
-
-def inventory_position(obs: Obs) -> jax.Array:
-  return obs.inventory + jnp.sum(obs.open_orders)
-
-
-def base_stock_policy(level) -> PolicyFn:
-  """Order up to a fixed level S: a = max(S - inventory position, 0)."""
-  def fn(obs):
-    return jnp.maximum(level - inventory_position(obs), 0.0)
-  return fn
-
-
-def newsvendor_fractile(price, cost, holding, gamma, horizon: Optional[int] = None):
-  """Critical fractile F(S*) of the lag-0 lost-sales base-stock problem.
-
-  Return of base stock S with I_0 = 0 over weeks 0..T-1 (a_0 = S,
-  a_t = S_{t-1} for t >= 1, I_{t+1} = S - S_t):
-    G(S) = -c S + sum_{t<T} g^t [(p + h) S_t - h S] - c g sum_{t<T-1} g^t S_t.
-  With dS_t/dS = [D_t > S], E[.] = 1 - F(S), setting dG/dS = 0 gives
-    1 - F(S*) = (c + h G_T) / ((p + h) G_T - c g G_{T-1}),  G_n = sum_{t<n} g^t,
-  and for T -> inf:  F(S*) = (p - c) / (p + h - g c).
-  """
-  if horizon is None:
-    return (price - cost) / (price + holding - gamma * cost)
-  g_t = sum(gamma**t for t in range(horizon))
-  g_tm1 = sum(gamma**t for t in range(horizon - 1))
-  return 1.0 - (cost + holding * g_t) / ((price + holding) * g_t - cost * gamma * g_tm1)
-
-
-def normal_ppf(q):
-  return jnp.sqrt(2.0) * jax.scipy.special.erfinv(2.0 * q - 1.0)
-
-
-def newsvendor_policy(gamma: float, multiplier=1.0, lead_time_shift=0.0) -> PolicyFn:
-  """Production-style base-stock baseline from a lead-time model.
-
-  Order up to S_t = m * (sum_k w_k f_{t+k} + z sqrt(sum_k w_k (cv f_{t+k})^2)),
-  w_k = clip(l + 1 - k, 0, 1) covers the product's mean first-receipt lead
-  time l (+ shift) plus the review week, z = Phi^{-1}(F*) with the
-  critical fractile F* = (p - c) / (p + h - gamma c).  Ignores split
-  shipments and yield: the open quantity counts fully in the position.
-  """
-  def fn(obs):
-    x, s = obs.x, obs.s
-    horizon = x.forecast.shape[-1]
-    lt = s.mean_lead_time + lead_time_shift
-    w = jnp.clip(lt + 1.0 - jnp.arange(horizon), 0.0, 1.0)
-    mean = jnp.sum(w * x.forecast)
-    std = jnp.sqrt(jnp.sum(w * (s.cv * x.forecast) ** 2))
-    frac = jnp.clip(newsvendor_fractile(x.price, x.cost, x.holding, gamma), 0.01, 0.995)
-    level = multiplier * (mean + normal_ppf(frac) * std)
-    return jnp.maximum(level - inventory_position(obs), 0.0)
-  return fn
-
-
-def policy_features(obs: Obs, gamma: float) -> jax.Array:
-  """State features for the neural policy, quantities in units of the scale."""
-  x, s = obs.x, obs.s
-  sc = s.scale
-  ang = 2 * jnp.pi * x.week / inv_data.WEEKS_PER_YEAR
-  frac = newsvendor_fractile(x.price, x.cost, x.holding, gamma)
-  nv = newsvendor_policy(gamma)(obs) / sc
-  return jnp.concatenate([
-      jnp.stack([obs.inventory / sc, jnp.sum(obs.open_orders) / sc,
-                 inventory_position(obs) / sc, nv, x.price / s.base_price,
-                 x.cost / x.price, 10.0 * x.holding / x.price, frac, s.cv,
-                 s.moq / sc, s.batch / sc, s.mean_lead_time / 4.0,
-                 jnp.sin(ang), jnp.cos(ang)]),
-      obs.open_orders / sc, x.forecast / sc, jnp.cumsum(x.forecast) / sc,
-      s.lead_time_probs, s.vendor_features], axis=-1)
-
-
-def neural_policy(net, params, gamma: float) -> PolicyFn:
-  def fn(obs):
-    return obs.s.scale * net.apply(params, policy_features(obs, gamma))
+    return module.apply({"params": params}, feats, key, method=module.sample)
   return fn
 
 
@@ -367,7 +287,10 @@ def simulate(policy_fn: PolicyFn, arrival_fn: ArrivalFn, exog: Exog, static: Sta
   """Runs the backtest for all products; returns (final state, StepOut (N, T)).
 
   `exog` is product-major (N, T, ...); `static` (N, ...).  Differentiable in
-  anything `policy_fn` closes over.
+  anything `policy_fn` closes over.  `key` is one PRNG key (week t's keys
+  are split from fold_in(key, t)) or one key per product, (N, 2): product
+  i's week-t key is then fold_in(key_i, t), so a product's draws do not
+  depend on which other products are simulated with it.
   """
   n, t = exog.demand.shape
   if state is None:
@@ -376,10 +299,16 @@ def simulate(policy_fn: PolicyFn, arrival_fn: ArrivalFn, exog: Exog, static: Sta
     state = init_state(n, num_lags)
   step = jax.vmap(_step(policy_fn, arrival_fn, constrain, charge_on_arrival))
   exog_tm = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), exog)
+  per_product = jnp.ndim(key) == 2
+  if per_product and key.shape[0] != n:
+    raise ValueError(f"{key.shape[0]} keys for {n} products")
 
   def body(carry, inp):
     x, i = inp
-    keys = jax.random.split(jax.random.fold_in(key, i), n)
+    if per_product:
+      keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, i)
+    else:
+      keys = jax.random.split(jax.random.fold_in(key, i), n)
     return step(carry, x, static, keys)
 
   final, outs = jax.lax.scan(body, state, (exog_tm, jnp.arange(t)), unroll=unroll)
@@ -416,202 +345,3 @@ def summarize(outs: StepOut, gamma: float, scale=None) -> dict:
     res["inventory_weeks_of_cover"] = float(
         np.mean(o["inventory"].mean(-1) / np.asarray(scale)))
   return res
-
-
-# ----------------------------------------------------------------------------
-# Histories and arrival-model metrics.
-# ----------------------------------------------------------------------------
-
-
-def collect_history(exog: Exog, static: Static, key: jax.Array, *, gamma: float,
-                    num_lags: int, multipliers: jax.Array, noise: float = 0.3,
-                    state: Optional[SimState] = None):
-  """Replays a noisy newsvendor buyer against the true arrival process.
-
-  Each product has its own base-stock multiplier (N,) and each order gets
-  lognormal noise, so order sizes vary (Gen-QOT must learn the size
-  dependence).  Returns (final state, outs, features (N, T, C)); the true
-  shares are in `outs.rho`.
-  """
-  n = exog.demand.shape[0]
-  k_noise, k_sim = jax.random.split(key)
-  mult = jnp.asarray(multipliers)
-  eps = jnp.exp(noise * jax.random.normal(k_noise, exog.demand.shape) - 0.5 * noise**2)
-  # The per-product multiplier and per-week noise ride along as extra
-  # "forecast" columns that only this policy reads.
-  fc = exog.forecast
-  aug = jnp.concatenate([fc, (mult[:, None] * eps)[..., None]], axis=-1)
-  exog_aug = exog._replace(forecast=aug)
-  base = newsvendor_policy(gamma)
-
-  def policy(obs):
-    factor = obs.x.forecast[-1]
-    obs = obs._replace(x=obs.x._replace(forecast=obs.x.forecast[:-1]))
-    return factor * base(obs)
-
-  if state is None:
-    state = init_state(n, num_lags)
-  final, outs = simulate(policy, true_arrivals(num_lags), exog_aug, static, k_sim, state)
-  feats = jax.vmap(jax.vmap(arrival_features, in_axes=(0, 0, None)),
-                   in_axes=(0, 0, 0))(outs.order, exog, static)
-  return final, outs, feats
-
-
-def lead_time_table(orders: np.ndarray, rho: np.ndarray, num_lags: int,
-                    prior_weight: float = 2.0) -> np.ndarray:
-  """Per-product pmf of the first-receipt lag of past orders, (N, L).
-
-  Laplace-style smoothing toward the pooled histogram with `prior_weight`
-  pseudo-orders.
-  """
-  lags = inv_data.first_receipt_lag(rho)
-  valid = (orders > 0) & (rho.sum(-1) > 1e-6)
-  onehot = np.eye(num_lags)[lags] * valid[..., None]
-  counts = onehot.sum(1)
-  pooled = counts.sum(0) / max(counts.sum(), 1.0)
-  table = (counts + prior_weight * pooled) / (counts.sum(-1, keepdims=True) + prior_weight)
-  return table.astype(np.float32)
-
-
-def crps_from_samples(samples: jax.Array, y: jax.Array) -> jax.Array:
-  """CRPS(F, y) = E|X - y| - E|X - X'| / 2, X ~ samples on axis 0."""
-  s = jnp.sort(samples, axis=0)
-  m = s.shape[0]
-  term1 = jnp.mean(jnp.abs(s - y[None]), axis=0)
-  # E|X - X'| for the empirical distribution via sorted samples:
-  # (2 / m^2) sum_i (2 i - m + 1) s_(i)   (i = 0..m-1).
-  w = (2.0 * jnp.arange(m) - m + 1.0).reshape((m,) + (1,) * (s.ndim - 1))
-  term2 = 2.0 * jnp.sum(w * s, axis=0) / m**2
-  return term1 - 0.5 * term2
-
-
-def quantile_loss(pred: jax.Array, y: jax.Array, q) -> jax.Array:
-  """Pinball loss rho_q(y - pred) = max(q (y - pred), (q - 1)(y - pred))."""
-  diff = y - pred
-  return jnp.maximum(q * diff, (q - 1.0) * diff)
-
-
-def cumulative_receipt_metrics(samples: jax.Array, rho: jax.Array,
-                               quantiles=(0.1, 0.5, 0.9)) -> dict:
-  """Scores sampled share vectors (S, B, L) against the truth (B, L) on the
-  cumulative receipts C_j = sum_{k<=j} rho_k (fraction of the order).
-
-  Returns CRPS per lag (L,), mean quantile loss per level, and calibration:
-  the fraction of randomised PIT values F(y-) + V (F(y) - F(y-)), V ~ U(0, 1),
-  at or below each level (equal to the level for a calibrated model; the
-  randomisation handles the atoms at 0 and 1 of cumulative receipts).
-  """
-  levels = np.linspace(0.05, 0.95, 19)
-  crps, ql, cal = _receipt_metric_arrays(samples, rho, tuple(quantiles), tuple(levels))
-  out = {"crps_per_lag": np.asarray(crps), "crps": float(np.mean(crps))}
-  for i, q in enumerate(quantiles):
-    out[f"ql_{q:g}"] = float(ql[i])
-  out["calibration_levels"] = levels
-  out["calibration_observed"] = np.asarray(cal)
-  return out
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _receipt_metric_arrays(samples, rho, quantiles, levels):
-  cs = jnp.cumsum(samples, axis=-1)
-  cy = jnp.cumsum(rho, axis=-1)
-  crps = jnp.mean(crps_from_samples(cs, cy), axis=0)
-  qs = jnp.asarray(quantiles)
-  pred = jnp.quantile(cs, qs, axis=0)  # (Q, B, L)
-  ql = jnp.stack([jnp.mean(quantile_loss(pred[i], cy, q)) for i, q in enumerate(quantiles)])
-  cal = pit_calibration(cs, cy, jnp.asarray(levels))
-  return crps, ql, cal
-
-
-def pit_calibration(samples: jax.Array, y: jax.Array, levels: jax.Array,
-                    tol: float = 1e-6) -> jax.Array:
-  """P(randomised PIT <= level), averaged over all entries of y.
-
-  With F- = P(X < y) and F+ = P(X <= y) from the samples (axis 0), the PIT is
-  uniform on [F-, F+], so P(PIT <= q) = clip((q - F-) / (F+ - F-), 0, 1).
-  """
-  f_lo = jnp.mean(samples < y[None] - tol, axis=0)
-  f_hi = jnp.mean(samples <= y[None] + tol, axis=0)
-  q = levels.reshape((-1,) + (1,) * y.ndim)
-  width = f_hi - f_lo
-  frac = jnp.where(width > 0, jnp.clip((q - f_lo) / jnp.maximum(width, 1e-12), 0.0, 1.0),
-                   (f_lo <= q).astype(jnp.float32))
-  return jnp.mean(frac.reshape(levels.shape[0], -1), axis=-1)
-
-
-# ----------------------------------------------------------------------------
-# Benchmark: python -m tools.inventory_sim
-# ----------------------------------------------------------------------------
-
-
-def _benchmark(num_products: int = 10_000, num_weeks: int = 104, num_lags: int = 10,
-               repeats: int = 3, with_genqot: bool = False) -> dict:
-  rng = np.random.default_rng(0)
-  products = inv_data.make_products(rng, num_products)
-  traces = inv_data.make_traces(rng, products, num_weeks, horizon=num_lags)
-  lt = np.full((num_products, num_lags), 1.0 / num_lags, np.float32)
-  static = make_static(products, lt)
-  exog = exog_from_traces(traces)
-  gamma = 0.99
-  key = jax.random.PRNGKey(0)
-  results = {}
-
-  @jax.jit
-  def run_true(mult, key):
-    _, outs = simulate(newsvendor_policy(gamma, mult), true_arrivals(num_lags),
-                       exog, static, key)
-    return jnp.mean(discounted_return(outs.reward, gamma)), outs.rho
-
-  @jax.jit
-  def run_replay(mult, rho, key):
-    _, outs = simulate(newsvendor_policy(gamma, mult), replay_arrivals,
-                       exog._replace(rho=rho), static, key)
-    return jnp.mean(discounted_return(outs.reward, gamma))
-
-  @jax.jit
-  def grad_replay(mult, rho, key):
-    return jax.value_and_grad(lambda m: run_replay(m, rho, key))(mult)
-
-  _, rho = run_true(1.0, key)
-  rho = jax.block_until_ready(rho)
-  cases = [("true_process", lambda: run_true(1.0, key)[0]),
-           ("replay", lambda: run_replay(1.0, rho, key)),
-           ("replay_value_and_grad", lambda: grad_replay(1.0, rho, key)[1])]
-  if with_genqot:
-    model = genqot.GenQOT(num_lags=num_lags, hidden=32)
-    feats = arrival_features(jnp.float32(1.0), jax.tree_util.tree_map(lambda a: a[0, 0], exog),
-                             jax.tree_util.tree_map(lambda a: a[0], static))
-    gq_params = jax.jit(model.init)(key, feats[None], jnp.zeros((1, num_lags)))
-
-    @jax.jit
-    def run_genqot(mult, key):
-      _, outs = simulate(newsvendor_policy(gamma, mult), genqot_arrivals(model, gq_params),
-                         exog, static, key)
-      return jnp.mean(discounted_return(outs.reward, gamma))
-
-    cases.append(("genqot_sampler_h32", lambda: run_genqot(1.0, key)))
-  for name, fn in cases:
-    jax.block_until_ready(fn())  # compile
-    best = float("inf")
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      best = min(best, time.perf_counter() - t0)
-    results[name] = {"seconds": best, "rate": num_products * num_weeks / best}
-  return results
-
-
-if __name__ == "__main__":
-  import argparse
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--products", type=int, default=10_000)
-  parser.add_argument("--weeks", type=int, default=104)
-  parser.add_argument("--lags", type=int, default=10)
-  parser.add_argument("--with_genqot", action="store_true",
-                      help="also time arrivals drawn by an (untrained) Gen-QOT in the loop")
-  args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-        f"{args.products} products x {args.weeks} weeks, L = {args.lags}")
-  for name, r in _benchmark(args.products, args.weeks, args.lags,
-                            with_genqot=args.with_genqot).items():
-    print(f"{name:>22}: {r['seconds']:.3f} s  ->  {r['rate']:,.0f} product-weeks/s")
