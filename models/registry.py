@@ -22,6 +22,7 @@ _MODULES = (
     "models.transformer",
     "models.mlp",
     "models.cnn",
+    "models.sparse_mlp",
     "models.genqot",
 )
 

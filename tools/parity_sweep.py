@@ -284,7 +284,7 @@ def init_batch(seeds: np.ndarray, n: int, width: int, sparsity: Sequence[int], *
                num_outputs: int = 1, bias_scale: float = 1.0,
                out_scale: float = 1.0) -> sparse_mlp.Params:
   """sparse_mlp.init for every run, stacked: seeds [R, L], sparsities [R] (n: dense)."""
-  nets = [sparse_mlp.init(np.random.default_rng([int(v) for v in np.atleast_1d(sd)]), n,
+  nets = [sparse_mlp.host_init(np.random.default_rng([int(v) for v in np.atleast_1d(sd)]), n,
                           width, int(s), num_outputs=num_outputs, bias_scale=bias_scale,
                           out_scale=out_scale)
           for sd, s in zip(seeds, sparsity)]
