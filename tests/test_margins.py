@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import algebraic as data
+from experiments.margins import fourier
+from experiments.margins import group_reps
+from experiments.margins import margins
 from models import algebraic as models
-from tools import fourier
-from tools import group_reps
-from tools import margins
 
 
 def _np_two_input(params, inputs, act=lambda z: z ** 2):

@@ -46,12 +46,26 @@ def _orders_batch(rng: np.random.Generator, n: int = 8, num_lags: int = 4):
   return {"x": rng.normal(size=(n, 3)).astype(np.float32), "rho": rho.astype(np.float32)}
 
 
+def _pairs_batch(rng: np.random.Generator, n: int = 8, vocab: int = 5):
+  return {"inputs": rng.integers(0, vocab, (n, 2)).astype(np.int32),
+          "labels": rng.integers(0, vocab, n).astype(np.int32)}
+
+
+def _signs_batch(rng: np.random.Generator, n: int = 8, dim: int = 6):
+  return {"inputs": rng.choice([-1.0, 1.0], (n, dim)).astype(np.float32),
+          "labels": rng.integers(0, 2, n).astype(np.int32)}
+
+
 # name -> (config fields, batch maker)
 CASES: dict[str, tuple[dict[str, Any], Callable]] = {
     "transformer": (dict(vocab_size=64, d_model=16, num_layers=1, num_heads=4,
                          num_kv_heads=2, head_dim=4, d_ff=32), _lm_batch),
     "mlp": (dict(hidden_sizes=(8, 8), num_outputs=3), _classifier_batch((5,))),
     "cnn": (dict(channels=(4,), hidden_sizes=(8,), num_outputs=3), _classifier_batch((8, 8, 1))),
+    # log_objective=False: the log objective is |B| log(mean), not a sum over examples.
+    "two_input_net": (dict(vocab_size=5, num_classes=5, width=4, log_objective=False),
+                      _pairs_batch),
+    "parity_net": (dict(input_dim=6, width=4, degree=2, log_objective=False), _signs_batch),
     "genqot": (dict(num_lags=4, hidden=8), _orders_batch),
 }
 

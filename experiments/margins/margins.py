@@ -65,24 +65,13 @@ import numpy as np
 from scipy import optimize
 
 from data_pipelines.algebraic import FiniteGroup
-from tools import group_reps
+from experiments.margins import group_reps
+from models import algebraic
 
-
-def margins(logits, labels):
-  """Per-example f[y] - max_{y' != y} f[y'], (N,)."""
-  logits = jnp.asarray(logits)
-  labels = jnp.asarray(labels)
-  correct = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-  masked = jnp.where(jnp.arange(logits.shape[1])[None] == labels[:, None],
-                     -jnp.inf, logits)
-  return correct - jnp.max(masked, axis=1)
-
-
-def l2nu_norm_pow(params, nu: float):
-  """||theta||_{2,nu}^nu = sum_i ||theta_i||_2^nu (neuron axis first)."""
-  sq = sum(jnp.sum(jnp.square(jnp.asarray(p)), axis=1)
-           for p in params.values())
-  return jnp.sum(sq ** (nu / 2.0))
+# Per-example f[y] - max_{y' != y} f[y'], (N,) (the models' accuracy uses it).
+margins = algebraic.margins
+# ||theta||_{2,nu}^nu = sum_i ||theta_i||_2^nu (neuron axis first).
+l2nu_norm_pow = algebraic.l2nu_penalty
 
 
 def normalized_margin(model, params, inputs, labels):
