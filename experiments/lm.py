@@ -18,6 +18,7 @@ import numpy as np
 from data_pipelines import batching, lm_sources
 from experiments.configs import lm_quickstart
 from framework import config as config_lib
+from framework import files
 from framework import mesh as mesh_lib
 from framework import metrics as metrics_lib
 from framework import trainer
@@ -118,8 +119,7 @@ def plot_losses(workdir: str, unigram: float | None) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) -> dict[str, Any]:
   validate(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   arrays = lm_sources.arrays_from_config(config.data)
   gbs = int(config.data.global_batch_size)
@@ -161,7 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
     if perf:
       summary["tokens_per_s"] = perf[-1]["perf/tokens_per_s"]
       summary["mfu"] = perf[-1].get("perf/mfu")
-    with open(os.path.join(workdir, "report.md"), "w") as f:
+    with files.atomic_open(os.path.join(workdir, "report.md")) as f:
       f.write("# LM quickstart report\n\n")
       f.write(f"Data: source `{config.data.source}`, vocabulary `{config.data.vocab}`.\n\n")
       f.write("| figure | value |\n|---|---|\n")
@@ -175,7 +175,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
                 f"unigram entropy {unigram:.3f}: the model learned "
                 f"{'beyond' if summary['eval_loss'] < unigram else 'less than'} unigram "
                 "statistics. Loss curve: loss.png.\n")
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  files.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   logging.info("summary: %s", summary)
   return summary

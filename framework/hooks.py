@@ -179,13 +179,21 @@ class Evaluate:
 
 class SaveCheckpoint:
   """Saves the state and the data position when it fires (add it with
-  `every=checkpoint.every, at_end=True`: the end and preemption save too)."""
+  `every=checkpoint.every, at_end=True`: the end and preemption save too),
+  after the hooks that write the step's metrics, so that a checkpoint never
+  exists without its step's metrics. `check` (add it with `every=1`) raises
+  `checkpoint.CheckpointSaveError` as soon as an asynchronous write has failed
+  (e.g. disk full), instead of training on for another checkpoint interval."""
 
   def __init__(self, checkpointer, data_state: Callable[[], Any]):
     self.checkpointer, self.data_state = checkpointer, data_state
 
   def __call__(self, info) -> None:
     self.checkpointer.save(info.step, info.state, self.data_state(), force=True)
+
+  def check(self, info) -> None:
+    del info
+    self.checkpointer.check()
 
 
 class EarlyStop:

@@ -132,9 +132,9 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
     ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), save_every=int(config.checkpoint.every),
         keep=int(config.checkpoint.keep), async_save=bool(config.checkpoint.async_save))
-    latest = ckpt.latest_step()
-    if latest is not None:
-      state, data_state = ckpt.restore(latest, abstract, shardings)
+    restored = ckpt.restore_latest(abstract, shardings)  # newest step that verifies
+    if restored is not None:
+      latest, state, data_state = restored
       if data_state is not None:
         train_iter.set_state(data_state)
       resumed_from = latest
@@ -174,9 +174,6 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   loop.add_hook(nan_guard, every=1)
   if step_callback is not None:
     loop.add_hook(lambda info: step_callback(info.step, info.metrics), every=1)
-  if ckpt is not None:
-    loop.add_hook(hooks_lib.SaveCheckpoint(ckpt, train_iter.get_state),
-                  every=int(config.checkpoint.every), at_end=True)
   evaluator = None
   if eval_batches is not None:
     eval_fn = train_step_lib.jit_eval_step(train_step_lib.make_eval_step(model),
@@ -187,6 +184,11 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   loop.add_hook(nan_guard.report, every=int(tcfg.log_every), at_end=True)
   for fn, every in hooks:
     loop.add_hook(fn, every=int(every))
+  if ckpt is not None:  # last: a step's metrics are written before its checkpoint
+    saver = hooks_lib.SaveCheckpoint(ckpt, train_iter.get_state)
+    loop.add_hook(saver.check, every=1)  # a failed asynchronous write stops the run at once
+    loop.add_hook(saver, every=int(config.checkpoint.every), at_end=True)
+    writer.resume(start_step)  # drop records of the steps this run redoes
 
   try:
     result = loop.run()
@@ -200,7 +202,8 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
   if result.preempted:
     logging.warning("preempted: saved step %d and stopped", result.step)
   return TrainResult(state=result.state, final_step=int(jax.device_get(result.state.step)),
-                     metrics=result.metrics,
+                     metrics=result.metrics or (  # nothing left to run: the last logged
+                         metrics_lib.last_logged(writer.path) if resumed_from is not None else {}),
                      eval_metrics=evaluator.last if evaluator is not None else {},
                      preempted=result.preempted, resumed_from=resumed_from,
                      stop_reason=result.stop_reason)

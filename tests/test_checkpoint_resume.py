@@ -1,6 +1,8 @@
 """Kill/restart and preemption give exactly the uninterrupted run."""
+import collections
 import os
 import signal
+from unittest import mock
 
 import jax
 import numpy as np
@@ -10,6 +12,7 @@ import lm_testlib
 from data_pipelines import batching
 from framework import checkpoint as checkpoint_lib
 from framework import mesh as mesh_lib
+from framework import metrics as metrics_lib
 from framework import trainer
 
 
@@ -17,8 +20,8 @@ class Crash(RuntimeError):
   pass
 
 
-def _train(workdir, *, crash_at=None, sigterm_at=None, total=20):
-  config = lm_testlib.tiny_config(total_steps=total, eval_every=10**6)
+def _train(workdir, *, crash_at=None, sigterm_at=None, total=20, log_every=5):
+  config = lm_testlib.tiny_config(total_steps=total, eval_every=10**6, log_every=log_every)
   it = lm_testlib.RecordingIterator(
       batching.BatchIterator(lm_testlib.synthetic_arrays(num=48), 16, seed=3))
 
@@ -66,6 +69,30 @@ class CheckpointResumeTest(absltest.TestCase):
     first = (("batch", 0), ("epoch", 0), ("global_batch_size", 16), ("num_shards", 1),
              ("seed", 3))
     self.assertLen([p for p in seen_after if p != first], 10)
+
+  def test_metrics_once_each_and_written_before_their_checkpoint(self):
+    workdir = self.create_tempdir().full_path
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    logged_at_save = {}
+    save = checkpoint_lib.Checkpointer.save
+
+    def checking_save(ckpt, step, *args, **kwargs):
+      records = metrics_lib.read_metrics(metrics_path)
+      logged_at_save[int(step)] = any(r["step"] == step and "train/loss" in r for r in records)
+      return save(ckpt, step, *args, **kwargs)
+
+    with mock.patch.object(checkpoint_lib.Checkpointer, "save", checking_save):
+      with self.assertRaises(Crash):
+        _train(workdir, crash_at=12, log_every=1)
+      result, _ = _train(workdir, log_every=1)
+    self.assertEqual(result.resumed_from, 10)
+    self.assert_same_params(result.state.params)
+    self.assertEqual(logged_at_save, {5: True, 10: True, 15: True, 20: True})
+    records = metrics_lib.read_metrics(metrics_path)
+    count = collections.Counter((r["step"], k) for r in records for k in r if k != "step")
+    self.assertEqual([key for key, n in count.items() if n > 1], [])
+    self.assertEqual(sorted(r["step"] for r in records if "train/loss" in r),
+                     list(range(1, 21)))
 
   def test_partial_save_is_never_loaded(self):
     workdir = self.create_tempdir().full_path
