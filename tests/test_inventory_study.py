@@ -198,9 +198,11 @@ class RunnerTest(absltest.TestCase):
     for name in ("genqot", "oracle", "empirical"):
       self.assertBetween(result[f"{name}/mean_yield_pred"], 0.5, 1.0)
     self.assertEqual(result["lead_time/mean_yield_pred"], 1.0)
-    # Gen-QOT trained through the trainer: its held-out NLL per lag beats the
-    # untrained model's (~log 3 per modelled lag) by a wide margin.
-    self.assertLess(result["genqot/test_nll_per_lag"], 0.6)
+    # Gen-QOT trained through the trainer: the untrained model scores 0.71-0.80
+    # nats per lag on these orders (3 init seeds); trained, old and new runners
+    # gave 0.30-0.33 (train) and 0.35-0.58 (held out) over seeds 0-2.
+    self.assertLess(result["genqot/train_nll_per_lag"], 0.45)
+    self.assertLess(result["genqot/test_nll_per_lag"], 0.65)
     self.assertCountEqual(result["policy_ranking"], [
         "newsvendor", "newsvendor_tuned", "policy_genqot", "policy_lead_time"])
 

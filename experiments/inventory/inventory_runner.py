@@ -101,7 +101,8 @@ def _policy_fields(cfg) -> dict:
   return fields
 
 
-def stage_config(cfg: ml_collections.ConfigDict, section: str, seed: int) -> ml_collections.ConfigDict:
+def stage_config(cfg: ml_collections.ConfigDict, section: str,
+                 seed: int) -> ml_collections.ConfigDict:
   """The `framework.trainer` config of one training: its optimizer, schedule and
   trainer sections with the shared mesh, sharding and checkpoint sections."""
   s = cfg[section]

@@ -23,7 +23,7 @@ the return satisfies, for an infinite horizon, the critical fractile
 because the order a_t = S - I_t = S_{t-1} (last week's sales) re-buys what
 was sold, so holding a unit one more week costs h minus the discounted saving
 gamma c of not re-buying it.  For a finite horizon T with I_0 = 0 the exact
-condition is `newsvendor_fractile(..., horizon=T)` (derivation there).
+condition is `policies.newsvendor_fractile(..., horizon=T)` (derivation there).
 
 The step is written for one product and `jax.vmap`-ed over products inside a
 `lax.scan` over weeks, so the whole backtest is one XLA computation that is
