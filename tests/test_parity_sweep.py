@@ -1,4 +1,4 @@
-"""The vmapped sweep engine, lottery tickets, confidence bands and the runner."""
+"""Parity sweeps on populations, lottery tickets, confidence bands and the runner."""
 import json
 import os
 
@@ -9,10 +9,16 @@ import numpy as np
 from scipy import stats
 
 from data_pipelines import parity
-from experiments import parity_sweep as runner
+from experiments.parity import config as config_lib
+from experiments.parity import frontier_plots as plots
+from experiments.parity import parity_runner as runner
+from experiments.parity import parity_sweep as ps
+from framework import config as framework_config
+from framework import mesh as mesh_lib
+from framework import optim
+from framework import train_step as train_step_lib
+from framework.train_state import TrainState
 from models import sparse_mlp
-from tools import frontier_plots as plots
-from tools import parity_sweep as ps
 
 
 def _mixed_data(n=10, m=256, num_test=256):
@@ -20,6 +26,13 @@ def _mixed_data(n=10, m=256, num_test=256):
   a = parity.offline_parity(n, 1, m, num_test, seed=0)
   b = parity.offline_parity(n, 3, m, num_test, seed=1)
   return ps.SweepData(*(np.stack([u, v]) for u, v in zip(a[:4], b[:4])))
+
+
+def _config(**trainer):
+  """The study's config with SGD lr 0.1 / wd 0.01 and the given trainer fields."""
+  c = config_lib.get_config("small")
+  c.trainer.update(trainer)
+  return c
 
 
 class SweepTest(absltest.TestCase):
@@ -35,15 +48,15 @@ class SweepTest(absltest.TestCase):
     s_arr = np.array([2, n, n, 3, 2])
     params0 = ps.init_batch(ps.run_seeds(np.arange(5), 0, s_arr), n, width, s_arr)
     runs = ps.Runs(d_arr, m_arr, ps.run_seeds(np.arange(5), 1))
-    hp = ps.HParams(lr=0.1, weight_decay=0.01, batch_size=16, max_steps=200, eval_every=20,
-                    success_acc=0.95)
-    batch = ps.sweep(data, params0, runs, hp, keep_params=True)
+    c = _config(batch_size=16, max_steps=200, eval_every=20, success_acc=0.95)
+    batch = ps.sweep(c, data, params0, runs, keep_params=True)  # 8 devices
     self.assertTrue(batch.success.any())
     self.assertFalse(batch.success.all())
     for j in range(5):
-      one = ps.sweep(data, jax.tree.map(lambda a: a[j:j + 1], params0),
-                     ps.Runs(d_arr[j:j + 1], m_arr[j:j + 1], runs.seed[j:j + 1]), hp,
-                     devices=jax.devices()[:1], keep_params=True)
+      one = ps.sweep(c, data, jax.tree.map(lambda a: a[j:j + 1], params0),
+                     ps.Runs(d_arr[j:j + 1], m_arr[j:j + 1], runs.seed[j:j + 1]),
+                     mesh=mesh_lib.create_mesh({"data": 1}, jax.devices()[:1]),
+                     keep_params=True)
       self.assertEqual(one.success[0], batch.success[j])
       self.assertEqual(one.steps_to_success[0], batch.steps_to_success[j])
       self.assertEqual(one.steps_run[0], batch.steps_run[j])
@@ -55,22 +68,27 @@ class SweepTest(absltest.TestCase):
     # Stopped runs are recorded as stopped: steps_run = steps_to_success.
     won = batch.success
     np.testing.assert_array_equal(batch.steps_run[won], batch.steps_to_success[won])
-    np.testing.assert_array_equal(batch.steps_run[~won], hp.max_steps)
+    np.testing.assert_array_equal(batch.steps_run[~won], c.trainer.max_steps)
     self.assertTrue(np.all(batch.test_acc[won] >= 0.95))
 
   def test_sgd_hinge_step_matches_numpy(self):
-    """One step: theta - lr (grad mean hinge + wd theta), gradient in closed form."""
+    """One common step: theta - lr (grad mean hinge + wd theta), gradient in closed form."""
     rng = np.random.default_rng(0)
     n, r, b = 6, 5, 8
-    p = sparse_mlp.init(3, n, r, 3)
+    p = sparse_mlp.host_init(3, n, r, 3)
     x = parity.sample_inputs(rng, b, n)
     y = np.where(rng.random(b) < 0.5, -1.0, 1.0).astype(np.float32)
     p["a"] = p["a"] * 8  # Some margins above 1, some below.
     lr, wd = 0.3, 0.05
-    hp = ps.HParams(lr=lr, weight_decay=wd, batch_size=b)
-    opt = ps.make_optimizer(hp)
-    data = ps.SweepData(x[None], y[None], x[None], y[None])
-    new, _, loss = ps.train_step(p, opt.init(p), jnp.arange(b), 0, data, hp, opt)
+    c = _config(batch_size=b)
+    c.optimizer.weight_decay = wd
+    c.schedule.peak_lr = lr
+    model = ps.model_for(c, r, 1)
+    tx = optim.make_optimizer(c.optimizer, lr)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+                       rng=jax.random.PRNGKey(0))
+    state, metrics = jax.jit(train_step_lib.make_train_step(model, tx))(state, {"x": x, "y": y})
+    new, loss = state.params, metrics["loss"]
     q = {k: v.astype(np.float64) for k, v in p.items()}
     pre = x @ q["w"].T + q["b"]
     h = np.maximum(pre, 0)
@@ -91,13 +109,13 @@ class SweepTest(absltest.TestCase):
     data = _mixed_data()
     params0 = ps.init_batch(ps.run_seeds([0, 1], 0), 10, 8, [10, 10])
     runs = ps.Runs(np.array([0, 0]), np.array([64, 64]), ps.run_seeds([0, 1], 1))
-    hp = ps.HParams(batch_size=8, max_steps=60, eval_every=20, success_acc=2.0)
-    res = ps.sweep(data, params0, runs, hp)
+    c = _config(batch_size=8, max_steps=60, eval_every=20, success_acc=2.0)
+    res = ps.sweep(c, data, params0, runs)
     np.testing.assert_array_equal(res.steps_run, [60, 60])
     self.assertFalse(res.success.any())
     self.assertEqual(res.acc_history.shape, (3, 2))
     with self.assertRaises(ValueError):
-      ps.sweep(data, params0, runs._replace(num_train=np.array([0, 64])), hp)
+      ps.sweep(c, data, params0, runs._replace(num_train=np.array([0, 64])))
 
   def test_lottery_ticket_rewinds_top_neurons(self):
     n, width, keep = 10, 24, 4
@@ -106,11 +124,11 @@ class SweepTest(absltest.TestCase):
     trained = jax.tree.map(np.array, params0)
     trained["a"][:, [5, 17, 2, 9]] = 50.0  # These four must be the ticket.
     runs = ps.Runs(np.array([0, 1]), np.array([128, 128]), ps.run_seeds([0, 1], 1))
-    hp = ps.HParams(batch_size=8, max_steps=20, eval_every=20)
+    c = _config(batch_size=8, max_steps=20, eval_every=20)
     supports = np.array([[3, 3, 3], [0, 1, 2]])  # Pool 0's 1-sparse support, padded.
     supports[0] = parity.offline_parity(n, 1, 4, 4, seed=0).support[0]
     supports[1] = parity.offline_parity(n, 3, 4, 4, seed=1).support
-    lt = ps.lottery_ticket(data, params0, trained, runs, keep, hp, supports=supports)
+    lt = ps.lottery_ticket(c, data, params0, trained, runs, keep, supports=supports)
     for j in range(2):
       self.assertEqual(set(lt.top_index[j].tolist()), {5, 17, 2, 9})
     np.testing.assert_array_equal(
@@ -161,14 +179,31 @@ class IntervalTest(absltest.TestCase):
 class RunnerTest(absltest.TestCase):
 
   def _config(self, experiment):
-    c = runner.default_config()
+    c = config_lib.get_config("small")
     c.experiment = experiment
     c.parity.n, c.parity.k, c.parity.num_test = 10, 2, 128
     c.grid.widths, c.grid.num_samples, c.grid.num_seeds = (16, 64), (32, 256), 2
-    c.train.max_steps, c.train.eval_every, c.train.batch_size = 200, 50, 16
+    c.grid.sparsities = (0, 4)
+    c.trainer.max_steps, c.trainer.eval_every, c.trainer.batch_size = 200, 50, 16
     c.lottery.width, c.lottery.num_samples, c.lottery.num_seeds = 64, 256, 2
+    c.lottery.sparsity = 4
     c.lottery.keep = (8,)
     return c
+
+  def test_config_variants(self):
+    reference = runner.default_config()
+    for variant in config_lib.VARIANTS:
+      c = config_lib.get_config(variant)
+      framework_config.check_keys(c, reference)  # one schema for every variant
+      self.assertEqual(c.runner, "experiments.parity.parity_runner")
+    self.assertEqual(config_lib.get_config("small_tabular").model.loss, "xent")
+    self.assertEqual(config_lib.get_config().grid.widths, (100, 300, 1000))
+    with self.assertRaises(ValueError):
+      config_lib.get_config("huge")
+    bad = config_lib.get_config("small")
+    bad.trainer.totl_steps = 3
+    with self.assertRaisesRegex(framework_config.ConfigError, "totl_steps"):
+      runner.run(bad, self.create_tempdir().full_path)
 
   def test_frontier_end_to_end(self):
     workdir = self.create_tempdir().full_path

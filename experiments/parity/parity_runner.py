@@ -1,40 +1,28 @@
 """Runner: Pareto frontiers of sparse parity learning (Edelman et al., NeurIPS 2023).
 
 "Pareto Frontiers in Neural Feature Learning: Data, Compute, Width, and Luck".
-`run(config, workdir) -> dict` runs one of three experiments (config.experiment):
+`run(config, workdir) -> dict` runs one of three experiments (config.experiment;
+configs in `experiments/parity/config.py`):
 
-* "frontier": the (n, k) = (50, 3) offline sparse parity grid over training
-  samples m x width r x init (dense or s-sparse) x seeds. Every cell reports
-  P(success) (test accuracy >= train.success_acc within train.max_steps
-  minibatch steps) with Wilson 95% bands, and the median steps to success.
-  The paper's claims: P(success) rises with width at fixed m (width is
-  parallel search for "lottery ticket" neurons), and sparse init succeeds with
-  fewer samples than dense at the same width.
+* "frontier": the (n, k) offline sparse parity grid over training samples m x
+  width r x init (dense or s-sparse) x seeds. Every cell reports P(success)
+  (test accuracy >= trainer.success_acc within trainer.max_steps minibatch
+  steps) with Wilson 95% bands, and the median steps to success. The paper's
+  claims: P(success) rises with width at fixed m (width is parallel search for
+  "lottery ticket" neurons), and sparse init succeeds with fewer samples than
+  dense at the same width.
 * "lottery": train wide sparse-init nets, keep each net's top-K neurons by
   ||(w_i, b_i)|| ||a_i||, rewind them to their initial weights and retrain the
   width-K subnet; the control retrains K random neurons of the same init.
 * "tabular": wide sparse-init MLPs vs dense-init MLPs vs random forests on
-  scikit-learn's shipped classification sets (breast cancer, wine, digits,
-  iris), also with appended Gaussian noise features, at several training-set
-  fractions (tables of test accuracy).
+  scikit-learn's shipped classification sets, also with appended Gaussian noise
+  features, at several training-set fractions (tables of test accuracy).
 
 Each writes metrics.jsonl (framework.metrics.MetricWriter), results.json (per
-run), PNG plots and report.md into workdir. All seeds / sample sizes / inits
-of one width train together in one vmapped batch (tools/parity_sweep.py).
-
-Config (ml_collections; defaults in `default_config()`):
-  experiment: "frontier" | "lottery" | "tabular"
-  parity.{n, k, num_test}
-  grid.{widths, num_samples, sparsities (0 = dense), num_seeds, seed_offset}
-  model.{bias_scale, out_scale}
-  train.{loss, optimizer, lr, weight_decay, batch_size, max_steps, eval_every,
-         success_acc}
-  lottery.{width, num_samples, sparsity, num_seeds, keep (tuple of K)}
-  tabular.{datasets, noise_factors (noise features = factor x d), fractions,
-           num_seeds, width, sparsity, steps, lr, weight_decay, batch_size,
-           optimizer, rf_trees, test_fraction}
-  devices: 0 = all local devices (the run axis is sharded over them), else
-    the first `devices`.
+run), PNG plots and report.md into workdir. All seeds / sample sizes / inits of
+one width train as one population (`experiments.parity.parity_sweep.sweep` on
+`framework.population`: the common step vmapped over runs, member axis
+sharded over the mesh, through the common loop).
 """
 from __future__ import annotations
 
@@ -42,45 +30,30 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-import jax
 import ml_collections
 import numpy as np
 
 from data_pipelines import parity
+from experiments.parity import config as config_lib
+from experiments.parity import frontier_plots as plots
+from experiments.parity import parity_analysis as analysis
+from experiments.parity import parity_sweep as ps
+from experiments.parity import tabular
+from framework import config as framework_config
+from framework import mesh as mesh_lib
 from framework.metrics import MetricWriter
 from framework.progress import Progress
-from tools import frontier_plots as plots
-from tools import parity_sweep as ps
 
 
 def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.runner = "experiments.parity_sweep"
-  c.experiment = "frontier"
-  c.parity = ml_collections.ConfigDict(dict(n=50, k=3, num_test=1000))
-  c.grid = ml_collections.ConfigDict(dict(
-      widths=(100, 300, 1000), num_samples=(700, 1000, 1400, 2000),
-      sparsities=(0, 4), num_seeds=10, seed_offset=0))
-  c.model = ml_collections.ConfigDict(dict(bias_scale=1.0, out_scale=1.0))
-  # Barak et al. (2022) / Edelman et al. (2023) recipe: hinge loss, SGD,
-  # lr 0.1, batch 32, weight decay 0.01.
-  c.train = ml_collections.ConfigDict(dict(
-      loss="hinge", optimizer="sgd", lr=0.1, weight_decay=0.01, batch_size=32,
-      max_steps=4000, eval_every=100, success_acc=0.95))
-  c.lottery = ml_collections.ConfigDict(dict(
-      width=1000, num_samples=1000, sparsity=4, num_seeds=10, keep=(16, 64)))
-  c.tabular = ml_collections.ConfigDict(dict(
-      datasets=("breast_cancer", "wine", "digits", "iris"), noise_factors=(0, 2),
-      fractions=(0.1, 0.3, 1.0), num_seeds=3, width=512, sparsity=2, steps=1000,
-      lr=3e-3, weight_decay=1e-4, batch_size=32, optimizer="adam", rf_trees=200,
-      test_fraction=0.25))
-  c.devices = 0
-  return c
+  """The schema of this runner's configs (every variant has these keys)."""
+  return config_lib.get_config()
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  framework_config.check_keys(config, default_config())
   os.makedirs(workdir, exist_ok=True)
   experiments = {"frontier": run_frontier, "lottery": run_lottery, "tabular": run_tabular}
   if config.experiment not in experiments:
@@ -91,18 +64,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------
 # Shared helpers.
-
-
-def _devices(config) -> List[jax.Device]:
-  devs = jax.local_devices()
-  return devs if not config.devices else devs[:config.devices]
-
-
-def _hparams(tc) -> ps.HParams:
-  return ps.HParams(loss=tc.loss, optimizer=tc.optimizer, lr=float(tc.lr),
-                    weight_decay=float(tc.weight_decay), batch_size=int(tc.batch_size),
-                    max_steps=int(tc.max_steps), eval_every=int(tc.eval_every),
-                    success_acc=float(tc.success_acc))
 
 
 def _init_name(s: int, n: int) -> str:
@@ -119,6 +80,10 @@ def _load() -> str:
   return f"{one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
+def _seeds(config, count: int) -> list:
+  return list(range(int(config.seed), int(config.seed) + int(count)))
+
+
 def _parity_data(pc, seeds, max_m):
   pd = parity.seed_datasets(pc.n, pc.k, max_m, pc.num_test, seeds)
   return pd, ps.SweepData(pd.x_train, pd.y_train, pd.x_test, pd.y_test)
@@ -129,9 +94,15 @@ def _write_json(path, obj):
     json.dump(obj, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
-def _fmt_cell(k: int, n: int) -> str:
-  lo, hi = plots.wilson_interval(k, n)
-  return f"{k / n:.1f} ({k}/{n}) [{float(lo):.2f}, {float(hi):.2f}]"
+def _write_report(workdir, lines):
+  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def _recipe(config) -> str:
+  oc, tc = config.optimizer, config.trainer
+  return (f"{oc.name.upper()} lr {config.schedule.peak_lr}, batch {tc.batch_size}, "
+          f"{config.model.loss} loss, weight decay {oc.weight_decay}")
 
 
 # --------------------------------------------------------------------------
@@ -139,18 +110,17 @@ def _fmt_cell(k: int, n: int) -> str:
 
 
 def run_frontier(config, workdir) -> Dict[str, Any]:
-  pc, gc = config.parity, config.grid
-  hp = _hparams(config.train)
-  devices = _devices(config)
-  seeds = list(range(gc.seed_offset, gc.seed_offset + gc.num_seeds))
+  pc, gc, tc = config.parity, config.grid, config.trainer
+  mesh = mesh_lib.create_mesh(dict(config.mesh.shape))
+  seeds = _seeds(config, gc.num_seeds)
   samples = sorted(int(m) for m in gc.num_samples)
   widths = [int(w) for w in gc.widths]
   sparsities = [int(s) if int(s) else pc.n for s in gc.sparsities]
+  evals_per_width = -(-int(tc.max_steps) // int(tc.eval_every))
   _, data = _parity_data(pc, seeds, max(samples))
   writer = MetricWriter(workdir)
   load_start = _load()
-  progress = Progress(len(widths) * (hp.max_steps // hp.eval_every), "frontier",
-                      unit="evals")
+  progress = Progress(len(widths) * evals_per_width, "frontier", unit="evals")
   records, timings = [], {}
   t_all = time.perf_counter()
   for width in widths:
@@ -174,9 +144,9 @@ def run_frontier(config, workdir) -> Dict[str, Any]:
       progress.update(1, width=width, live=len(ids))
 
     t0 = time.perf_counter()
-    res = ps.sweep(data, params0, runs, hp, devices=devices, on_eval=on_eval)
+    res = ps.sweep(config, data, params0, runs, mesh=mesh, on_eval=on_eval)
     timings[width] = time.perf_counter() - t0
-    progress.update(hp.max_steps // hp.eval_every - evals[0], width=width, live=0)
+    progress.update(evals_per_width - evals[0], width=width, live=0)
     for j in range(len(combos)):
       records.append(dict(width=width, m=int(m_arr[j]), init=_init_name(int(s_arr[j]), pc.n),
                           sparsity=int(s_arr[j]), seed=int(seed_arr[j]),
@@ -190,18 +160,7 @@ def run_frontier(config, workdir) -> Dict[str, Any]:
   load_end = _load()
 
   inits = [_init_name(s, pc.n) for s in sparsities]
-  cells = plots.success_cells(records, ("init", "width", "m"))
-  prob = {i: np.array([[cells[(i, w, m)][0] / cells[(i, w, m)][1] for m in samples]
-                       for w in widths]) for i in inits}
-  med = {}
-  for i, w in itertools.product(inits, widths):
-    row = []
-    for m in samples:
-      st = [r["steps_to_success"] if r["success"] else np.inf for r in records
-            if (r["init"], r["width"], r["m"]) == (i, w, m)]
-      v = float(np.median(st))
-      row.append(v if np.isfinite(v) else np.nan)
-    med[(i, w)] = np.array(row)
+  cells, prob, med = analysis.frontier_grids(records, inits, widths, samples)
   for j, m in enumerate(samples):
     writer.write(m, {f"cell/{_init_key(i)}/w{w}/success_prob": prob[i][a, j]
                      for i in inits for a, w in enumerate(widths)})
@@ -216,19 +175,18 @@ def run_frontier(config, workdir) -> Dict[str, Any]:
   plots.plot_frontier_heatmap(os.path.join(workdir, "frontier_heatmap.png"), widths,
                               samples, prob, title=title)
   plots.plot_median_steps(os.path.join(workdir, "frontier_steps.png"), samples, med,
-                          max_steps=hp.max_steps, title=title)
+                          max_steps=int(tc.max_steps), title=title)
   _write_json(os.path.join(workdir, "results.json"),
               dict(config=config.to_dict(), records=records, timings_s=timings,
                    total_s=total_time, load_start=load_start, load_end=load_end))
 
-  findings = frontier_findings(prob, med, inits, widths, samples)
-  rows = []
-  for i, w in itertools.product(inits, widths):
-    rows.append([i, str(w)] + [_fmt_cell(*cells[(i, w, m)]) for m in samples])
+  findings = analysis.frontier_findings(prob, med, inits, widths, samples)
+  rows = [[i, str(w)] + [analysis.fmt_cell(*cells[(i, w, m)]) for m in samples]
+          for i, w in itertools.product(inits, widths)]
   steps_rows = [[i, str(w)] + [("-" if np.isnan(v) else f"{v:.0f}") for v in med[(i, w)]]
                 for i, w in itertools.product(inits, widths)]
-  tc = config.train
-  lines = [
+  header = ["init", "width"] + [f"m={m}" for m in samples]
+  _write_report(workdir, [
       f"# Pareto frontier: ({pc.n}, {pc.k}) offline sparse parity",
       "",
       "Edelman, Goel, Kakade, Malach, Zhang, *Pareto Frontiers in Neural Feature "
@@ -239,22 +197,22 @@ def run_frontier(config, workdir) -> Dict[str, Any]:
       f"support, a training pool of {max(samples)} points (a run with m samples uses the "
       f"first m) and a fresh test set of {pc.num_test}. Init: dense w_i ~ N(0, I/n), or "
       f"s-sparse (s random coordinates per neuron, N(0, 1/s) on them). Training: "
-      f"{tc.optimizer.upper()} lr {tc.lr}, batch {tc.batch_size}, {tc.loss} loss, weight "
-      f"decay {tc.weight_decay}, at most {tc.max_steps} steps. **Success**: test accuracy "
+      f"{_recipe(config)}, at most {tc.max_steps} steps. **Success**: test accuracy "
       f">= {tc.success_acc} at an evaluation (every {tc.eval_every} steps).",
       "",
       f"Grid: widths {widths} x m {samples} x inits {inits} x {len(seeds)} seeds = "
-      f"{len(records)} runs. Runtime {total_time:.0f} s "
+      f"{len(records)} runs, one population per width. Runtime {total_time:.0f} s "
       f"({', '.join(f'width {w}: {t:.0f} s' for w, t in timings.items())}) on "
-      f"{len(devices)} device(s); load average at start {load_start}, at end {load_end}.",
+      f"{mesh.devices.size} device(s); load average at start {load_start}, at end "
+      f"{load_end}.",
       "",
       "## Success probability (k/N) [Wilson 95%] per cell",
       "",
-      plots.as_table(["init", "width"] + [f"m={m}" for m in samples], rows),
+      analysis.as_table(header, rows),
       "",
       "## Median steps to success (- : fewer than half succeeded)",
       "",
-      plots.as_table(["init", "width"] + [f"m={m}" for m in samples], steps_rows),
+      analysis.as_table(header, steps_rows),
       "",
       "## Findings",
       "",
@@ -262,9 +220,7 @@ def run_frontier(config, workdir) -> Dict[str, Any]:
       "",
       "Plots: `frontier_success.png` (P(success) vs m with Wilson bands), "
       "`frontier_heatmap.png` (the grid; cyan = 0.5 contour), `frontier_steps.png`.",
-  ]
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  ])
   summary = {"runs": len(records), "total_s": round(total_time, 1),
              "timings_s": {str(w): round(t, 1) for w, t in timings.items()},
              "load_start": load_start, "load_end": load_end}
@@ -274,55 +230,19 @@ def run_frontier(config, workdir) -> Dict[str, Any]:
   return summary
 
 
-def frontier_findings(prob, med, inits, widths, samples) -> List[str]:
-  """Plain statements, with numbers, of the two claims the grid tests."""
-  out = []
-  for i in inits:
-    for j, m in enumerate(samples):
-      col = prob[i][:, j]
-      if col.max() - col.min() >= 0.2:
-        trend = ("rises" if np.all(np.diff(col) >= 0) else
-                 "changes (not monotonically)")
-        out.append(f"{i}, m={m}: P(success) {trend} with width: " + ", ".join(
-            f"{p:.1f} (width {w})" for p, w in zip(col, widths)) + ".")
-  for a, w in enumerate(widths):
-    firsts = {}
-    for i in inits:
-      ok = [m for j, m in enumerate(samples) if prob[i][a, j] >= 0.5]
-      firsts[i] = ok[0] if ok else None
-    desc = ", ".join(f"{i}: {('m=' + str(v)) if v else 'none of the m'}"
-                     for i, v in firsts.items())
-    out.append(f"width {w}: smallest m with P(success) >= 0.5 - {desc}.")
-  dense = [i for i in inits if i == "dense"]
-  for i in inits:
-    if not dense or i == "dense":
-      continue
-    better = [(w, m) for a, w in enumerate(widths) for j, m in enumerate(samples)
-              if prob[i][a, j] - prob["dense"][a, j] >= 0.3]
-    worse = [(w, m) for a, w in enumerate(widths) for j, m in enumerate(samples)
-             if prob["dense"][a, j] - prob[i][a, j] >= 0.3]
-    out.append(f"{i} beats dense by >= 0.3 in P(success) at (width, m) = {better or 'none'}; "
-               f"dense beats it by >= 0.3 at {worse or 'none'}.")
-    faster = [(w, m) for (w, m) in itertools.product(widths, samples)
-              if not np.isnan(med[(i, w)][samples.index(m)])
-              and not np.isnan(med[("dense", w)][samples.index(m)])]
-    if faster:
-      ratios = [med[("dense", w)][samples.index(m)] / med[(i, w)][samples.index(m)]
-                for w, m in faster]
-      out.append(f"where both succeed (median), dense needs {np.median(ratios):.2f}x the "
-                 f"steps of {i} (median over {len(faster)} cells).")
-  return out
-
-
 # --------------------------------------------------------------------------
 # Lottery tickets.
 
 
+def _median_steps(res: ps.SweepResult) -> str:
+  v = analysis.median_steps(res.success, res.steps_to_success)
+  return "-" if np.isnan(v) else f"{v:.0f}"
+
+
 def run_lottery(config, workdir) -> Dict[str, Any]:
-  pc, lc = config.parity, config.lottery
-  hp = _hparams(config.train)
-  devices = _devices(config)
-  seeds = list(range(config.grid.seed_offset, config.grid.seed_offset + lc.num_seeds))
+  pc, lc, tc = config.parity, config.lottery, config.trainer
+  mesh = mesh_lib.create_mesh(dict(config.mesh.shape))
+  seeds = _seeds(config, lc.num_seeds)
   pd, data = _parity_data(pc, seeds, lc.num_samples)
   writer = MetricWriter(workdir)
   load_start = _load()
@@ -333,23 +253,26 @@ def run_lottery(config, workdir) -> Dict[str, Any]:
                           np.full(len(seeds), s), bias_scale=config.model.bias_scale,
                           out_scale=config.model.out_scale)
   runs = ps.Runs(d_arr, np.full(len(seeds), lc.num_samples), ps.run_seeds(seeds, 1))
-  full = ps.sweep(data, params0, runs, hp, devices=devices, keep_params=True)
+  full = ps.sweep(config, data, params0, runs, mesh=mesh, keep_params=True)
   t_full = time.perf_counter() - t0
   writer.write(0, {"lottery/full_success": float(full.success.mean())})
   results = {"full": dict(success=full.success.tolist(),
                           steps=full.steps_to_success.tolist(), time_s=t_full)}
   bars_labels, bars_k, bars_n = [f"full (width {lc.width})"], [int(full.success.sum())], \
       [len(seeds)]
-  rows = [[f"full net, width {lc.width}", _fmt_cell(int(full.success.sum()), len(seeds)),
-           _median_steps(full), "-", "-", f"{pc.k * s / pc.n:.2f} (expected)"]]
+  rows = [[f"full net, width {lc.width}",
+           analysis.fmt_cell(int(full.success.sum()), len(seeds)), _median_steps(full), "-",
+           "-", f"{pc.k * s / pc.n:.2f} (expected)"]]
   for keep in lc.keep:
     t1 = time.perf_counter()
-    lt = ps.lottery_ticket(data, params0, full.params, runs, int(keep), hp,
-                           supports=pd.support, seed=int(keep), devices=devices)
+    lt = ps.lottery_ticket(config, data, params0, full.params, runs, int(keep),
+                           supports=pd.support, seed=int(keep), mesh=mesh)
     dt = time.perf_counter() - t1
     results[f"keep{keep}"] = dict(
-        ticket_success=lt.ticket.success.tolist(), ticket_steps=lt.ticket.steps_to_success.tolist(),
-        random_success=lt.random.success.tolist(), random_steps=lt.random.steps_to_success.tolist(),
+        ticket_success=lt.ticket.success.tolist(),
+        ticket_steps=lt.ticket.steps_to_success.tolist(),
+        random_success=lt.random.success.tolist(),
+        random_steps=lt.random.steps_to_success.tolist(),
         pruned_acc=lt.pruned_acc.tolist(), lucky_in_ticket=lt.lucky_in_ticket.tolist(),
         lucky_total=lt.lucky_total.tolist(), ticket_overlap=lt.ticket_overlap.tolist(),
         random_overlap=lt.random_overlap.tolist(), time_s=dt)
@@ -357,13 +280,13 @@ def run_lottery(config, workdir) -> Dict[str, Any]:
                              "lottery/random_success": float(lt.random.success.mean()),
                              "lottery/pruned_acc": float(lt.pruned_acc.mean())})
     rows.append([f"top-{keep} ticket, rewound + retrained",
-                 _fmt_cell(int(lt.ticket.success.sum()), len(seeds)), _median_steps(lt.ticket),
-                 f"{lt.pruned_acc.mean():.3f}",
+                 analysis.fmt_cell(int(lt.ticket.success.sum()), len(seeds)),
+                 _median_steps(lt.ticket), f"{lt.pruned_acc.mean():.3f}",
                  f"{lt.lucky_in_ticket.sum()} of {lt.lucky_total.sum()}",
                  f"{lt.ticket_overlap.mean():.2f}"])
     rows.append([f"random {keep} neurons, retrained",
-                 _fmt_cell(int(lt.random.success.sum()), len(seeds)), _median_steps(lt.random),
-                 "-", "-", f"{lt.random_overlap.mean():.2f}"])
+                 analysis.fmt_cell(int(lt.random.success.sum()), len(seeds)),
+                 _median_steps(lt.random), "-", "-", f"{lt.random_overlap.mean():.2f}"])
     bars_labels += [f"top-{keep} ticket", f"random {keep}"]
     bars_k += [int(lt.ticket.success.sum()), int(lt.random.success.sum())]
     bars_n += [len(seeds), len(seeds)]
@@ -375,14 +298,12 @@ def run_lottery(config, workdir) -> Dict[str, Any]:
   _write_json(os.path.join(workdir, "results.json"),
               dict(config=config.to_dict(), results=results, total_s=total,
                    load_start=load_start, load_end=load_end))
-  tc = config.train
-  lines = [
+  _write_report(workdir, [
       f"# Lottery tickets in sparse-init MLPs: ({pc.n}, {pc.k}) parity",
       "",
       f"{len(seeds)} seeds; width {lc.width}, s = {s} sparse init, m = {lc.num_samples} "
-      f"training samples, {tc.optimizer.upper()} lr {tc.lr}, wd {tc.weight_decay}, "
-      f"batch {tc.batch_size}, <= {tc.max_steps} steps, success = test acc >= "
-      f"{tc.success_acc}. A ticket is each net's top-K neurons by "
+      f"training samples, {_recipe(config)}, <= {tc.max_steps} steps, success = test acc "
+      f">= {tc.success_acc}. A ticket is each net's top-K neurons by "
       "||(w_i, b_i)|| |a_i| at the end of training, rewound to their initial weights "
       "and retrained alone (same data and minibatch order); the control is K random "
       "neurons of the same initial net. 'Pruned acc' is the trained net cut to its "
@@ -390,17 +311,15 @@ def run_lottery(config, workdir) -> Dict[str, Any]:
       "contains the hidden support S; 'overlap' is |supp(w_i^0) & S| averaged over the "
       f"subnet's neurons (k s / n = {pc.k * s / pc.n:.2f} for a random neuron).",
       "",
-      plots.as_table(["network", "P(success) [Wilson 95%]", "median steps", "pruned acc",
-                      "lucky neurons in tickets / in nets",
-                      "mean initial overlap with S"], rows),
+      analysis.as_table(["network", "P(success) [Wilson 95%]", "median steps", "pruned acc",
+                         "lucky neurons in tickets / in nets",
+                         "mean initial overlap with S"], rows),
       "",
-      f"Runtime {total:.0f} s (full nets {t_full:.0f} s); load average at start "
-      f"{load_start}, at end {load_end}.",
+      f"Runtime {total:.0f} s (full nets {t_full:.0f} s) on {mesh.devices.size} device(s); "
+      f"load average at start {load_start}, at end {load_end}.",
       "",
       "Plot: `lottery.png`.",
-  ]
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  ])
   summary = {"full_success": float(full.success.mean()), "total_s": round(total, 1)}
   for keep in lc.keep:
     r = results[f"keep{keep}"]
@@ -410,23 +329,17 @@ def run_lottery(config, workdir) -> Dict[str, Any]:
   return summary
 
 
-def _median_steps(res: ps.SweepResult) -> str:
-  st = np.where(res.success, res.steps_to_success, np.inf)
-  v = float(np.median(st))
-  return f"{v:.0f}" if np.isfinite(v) else "-"
-
-
 # --------------------------------------------------------------------------
 # Tabular.
 
 
 def run_tabular(config, workdir) -> Dict[str, Any]:
   tc = config.tabular
-  devices = _devices(config)
-  hp = ps.HParams(loss="xent", optimizer=tc.optimizer, lr=float(tc.lr),
-                  weight_decay=float(tc.weight_decay), batch_size=int(tc.batch_size),
-                  max_steps=int(tc.steps), eval_every=int(tc.steps), success_acc=2.0)
-  seeds = list(range(config.grid.seed_offset, config.grid.seed_offset + tc.num_seeds))
+  if config.model.loss != "xent":
+    raise ValueError("the tabular experiment needs config.model.loss='xent' "
+                     "(use the 'tabular' config variant)")
+  mesh = mesh_lib.create_mesh(dict(config.mesh.shape))
+  seeds = _seeds(config, tc.num_seeds)
   fractions = [float(f) for f in tc.fractions]
   writer = MetricWriter(workdir)
   load_start = _load()
@@ -434,23 +347,23 @@ def run_tabular(config, workdir) -> Dict[str, Any]:
   records = []
   progress = Progress(len(tc.datasets) * len(tc.noise_factors), "tabular", unit="sets")
   for name in tc.datasets:
-    x_raw, y = ps.load_tabular(name)
+    x_raw, y = tabular.load_tabular(name)
     num_classes = int(y.max()) + 1
     for factor in tc.noise_factors:
       label = name if not factor else f"{name}+{factor}d noise"
-      x = x_raw if not factor else ps.add_noise_features(
+      x = x_raw if not factor else tabular.add_noise_features(
           x_raw, int(factor) * x_raw.shape[1], seed=1234)
       d = x.shape[1]
       pools = list(itertools.product(range(len(seeds)), range(len(fractions))))
-      splits = [ps.tabular_split(x, y, fractions[fi], seeds[si], tc.test_fraction)
+      splits = [tabular.tabular_split(x, y, fractions[fi], seeds[si], tc.test_fraction)
                 for si, fi in pools]
       t_rf = time.perf_counter()
       for (si, fi), split in zip(pools, splits):
-        acc = ps.random_forest_accuracy(split, seeds[si], tc.rf_trees)
+        acc = tabular.random_forest_accuracy(split, seeds[si], tc.rf_trees)
         records.append(dict(dataset=label, model="random forest", fraction=fractions[fi],
                             m=len(split.y_train), seed=seeds[si], test_acc=acc))
       t_rf = time.perf_counter() - t_rf
-      data, m = ps.stack_splits(splits)
+      data, m = tabular.stack_splits(splits)
       s_sparse = min(int(tc.sparsity), d)
       inits = [("dense MLP", d), (f"sparse MLP (s={s_sparse})", s_sparse)]
       combos = list(itertools.product(range(len(pools)), range(len(inits))))
@@ -462,7 +375,7 @@ def run_tabular(config, workdir) -> Dict[str, Any]:
                               out_scale=config.model.out_scale)
       runs = ps.Runs(p_arr, m[p_arr], ps.run_seeds(seed_arr, 1, p_arr))
       t_mlp = time.perf_counter()
-      res = ps.sweep(data, params0, runs, hp, devices=devices)
+      res = ps.sweep(config, data, params0, runs, mesh=mesh)
       t_mlp = time.perf_counter() - t_mlp
       for j, (p, ii) in enumerate(combos):
         si, fi = pools[p]
@@ -473,36 +386,23 @@ def run_tabular(config, workdir) -> Dict[str, Any]:
   total = time.perf_counter() - t0
   load_end = _load()
 
-  models = ["random forest", "dense MLP", "sparse MLP"]
-  labels = list(dict.fromkeys(r["dataset"] for r in records))
-  table, curves, wins = [], {}, {"sparse>RF": 0, "sparse<RF": 0, "tie": 0,
-                                 "sparse>dense": 0, "sparse<dense": 0}
-  step = 0
+  models = analysis.TABULAR_MODELS
+  stats, labels, wins = analysis.tabular_summary(records, fractions)
+  table, curves, step = [], {}, 0
   for label in labels:
-    curves[label] = {}
-    stats = {}
-    for model in models:
-      for f in fractions:
-        accs = [r["test_acc"] for r in records
-                if (r["dataset"], r["model"], r["fraction"]) == (label, model, f)]
-        stats[(model, f)] = (float(np.mean(accs)), float(np.std(accs)))
-      curves[label][model] = (np.array([stats[(model, f)][0] for f in fractions]),
-                              np.array([stats[(model, f)][1] for f in fractions]))
+    curves[label] = {mo: (np.array([stats[(label, mo, f)][0] for f in fractions]),
+                          np.array([stats[(label, mo, f)][1] for f in fractions]))
+                     for mo in models}
     for f in fractions:
       ms = sorted({r["m"] for r in records if r["dataset"] == label and r["fraction"] == f})
-      best = max(stats[(mo, f)][0] for mo in models)
+      best = max(stats[(label, mo, f)][0] for mo in models)
       cells = []
       for mo in models:
-        mean, std = stats[(mo, f)]
+        mean, std = stats[(label, mo, f)]
         txt = f"{mean:.3f} +- {std:.3f}"
         cells.append(f"**{txt}**" if mean >= best - 1e-9 else txt)
       table.append([label, f"{f:g}", "/".join(map(str, ms))] + cells)
-      diff = stats[("sparse MLP", f)][0] - stats[("random forest", f)][0]
-      wins["sparse>RF" if diff > 0.005 else "sparse<RF" if diff < -0.005 else "tie"] += 1
-      dd = stats[("sparse MLP", f)][0] - stats[("dense MLP", f)][0]
-      if abs(dd) > 0.005:
-        wins["sparse>dense" if dd > 0 else "sparse<dense"] += 1
-      writer.write(step, {f"tabular/{label}/frac{f:g}/{mo}": stats[(mo, f)][0]
+      writer.write(step, {f"tabular/{label}/frac{f:g}/{mo}": stats[(label, mo, f)][0]
                           for mo in models})
       step += 1
   writer.close()
@@ -510,7 +410,7 @@ def run_tabular(config, workdir) -> Dict[str, Any]:
   _write_json(os.path.join(workdir, "results.json"),
               dict(config=config.to_dict(), records=records, total_s=total,
                    load_start=load_start, load_end=load_end))
-  lines = [
+  _write_report(workdir, [
       "# Wide sparse-init MLPs vs random forests on scikit-learn's tabular sets",
       "",
       f"Data: {', '.join(tc.datasets)} (shipped with scikit-learn), and each with "
@@ -520,20 +420,18 @@ def run_tabular(config, workdir) -> Dict[str, Any]:
       "standardised with its own statistics. Models: random forest "
       f"({tc.rf_trees} trees, scikit-learn defaults), and two-layer ReLU MLPs of width "
       f"{tc.width} with dense or s = {tc.sparsity}-sparse first-layer init, "
-      f"{tc.optimizer} lr {tc.lr}, weight decay {tc.weight_decay}, batch {tc.batch_size}, "
-      f"{tc.steps} steps, softmax cross-entropy (no tuning, no early stopping). Test "
-      f"accuracy mean +- std over {len(seeds)} seeds; best per row in bold.",
+      f"{_recipe(config)}, {config.trainer.max_steps} steps (no tuning, no early "
+      f"stopping). Test accuracy mean +- std over {len(seeds)} seeds; best per row in bold.",
       "",
-      plots.as_table(["data set", "fraction", "m", *models], table),
+      analysis.as_table(["data set", "fraction", "m", *models], table),
       "",
       f"Sparse MLP vs random forest (rows, 0.005 tolerance): better in {wins['sparse>RF']}, "
       f"worse in {wins['sparse<RF']}, tied in {wins['tie']}. Sparse vs dense MLP: better in "
       f"{wins['sparse>dense']}, worse in {wins['sparse<dense']} (others within 0.005).",
       "",
-      f"Runtime {total:.0f} s; load average at start {load_start}, at end {load_end}.",
+      f"Runtime {total:.0f} s on {mesh.devices.size} device(s); load average at start "
+      f"{load_start}, at end {load_end}.",
       "",
       "Plot: `tabular.png` (accuracy vs training fraction, +- 1 std bands).",
-  ]
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  ])
   return {"rows": len(table), "total_s": round(total, 1), **wins}

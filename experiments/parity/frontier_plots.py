@@ -12,7 +12,7 @@ Figures are matplotlib with the Agg backend (PNG files, no display).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 matplotlib.use("Agg")
@@ -189,20 +189,3 @@ def plot_tabular(path: str, fractions: Sequence[float],
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
-
-
-def as_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  """A markdown table."""
-  out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-  return "\n".join(out)
-
-
-def success_cells(records: Sequence[Dict], keys: Sequence[str]) -> Dict[tuple, Tuple[int, int]]:
-  """Groups per-run records by `keys`: {key tuple: (successes, trials)}."""
-  out: Dict[tuple, list] = {}
-  for r in records:
-    kk = tuple(r[k] for k in keys)
-    s, t = out.get(kk, (0, 0))
-    out[kk] = (s + int(bool(r["success"])), t + 1)
-  return out
