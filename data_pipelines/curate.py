@@ -2,13 +2,20 @@
 
   python -m data_pipelines.curate \
       --config=data_pipelines/curation_configs/test_corpus.py:/tmp/corpus \
-      --workdir=/tmp/curated --runner=inprocess
+      --workdir=/tmp/curated
+  python -m data_pipelines.curate \
+      --config=data_pipelines/curation_configs/dclm_baseline.py:no_quality \
+      --config.input_paths='crawl/*.warc.gz,notes.jsonl' --workdir=/tmp/mine
   python -m data_pipelines.curate --config=... --workdir=... --runner=direct \
       --beam_args="--direct_num_workers=2 --direct_running_mode=multi_threading"
 
-Re-running with the same --workdir resumes: finished shards and stages are
-not redone. Per-step statistics go to <workdir>/stats.json and are printed
-as a table; progress lines go to stderr.
+The in-process runner uses --config.workers processes (0, the default: all
+cores). Re-running with the same --workdir resumes: finished shards and
+stages are not redone, and after a config change only the stages that read a
+changed field run again. Per-step statistics go to <workdir>/stats.json and
+are printed as a table; progress lines go to stderr. A config that cannot run
+(no inputs, quality filter without training data, ...) fails at start with one
+line naming the field.
 """
 from __future__ import annotations
 
@@ -34,9 +41,14 @@ def main(argv):
   del argv
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
-  summary = pipeline.run(_CONFIG.value, _WORKDIR.value, _RUNNER.value, shlex.split(_BEAM_ARGS.value))
+  try:
+    summary = pipeline.run(_CONFIG.value, _WORKDIR.value, _RUNNER.value, shlex.split(_BEAM_ARGS.value))
+  except pipeline.ConfigError as e:
+    print(f"curate: config error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  workers = f", workers={summary['workers']}" if summary["workers"] else ""
   print(f"{summary['docs_out']} documents in {summary['shards']} shards -> "
-        f"{_WORKDIR.value}/output ({summary['wall_seconds']:.1f}s, runner={summary['runner']})")
+        f"{_WORKDIR.value}/output ({summary['wall_seconds']:.1f}s, runner={summary['runner']}{workers})")
   sys.stdout.flush()
 
 

@@ -39,6 +39,22 @@ class WarcTest(absltest.TestCase):
     self.assertEqual(recs[0]["source"], "src")
     self.assertEqual(recs[3]["url"], "https://a.example/3")
 
+  def test_warc_truncated_records_are_marked(self):
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "x.warc.gz")
+    with open(path, "wb") as f:
+      for i, extra in enumerate(([], ["WARC-Truncated: length"], ["WARC-Truncated: time"], [])):
+        f.write(cio.gzip_member(cio.warc_response(f"https://a.example/{i}", HTML[:100 if extra else None],
+                                                  extra_headers=extra)))
+    recs = list(cio.read_warc(path, "src"))
+    self.assertEqual([r.get("truncated") for r in recs], [None, "length", "time", None])
+    self.assertNotIn("html", recs[1])
+    self.assertRegex(recs[1]["where"], r"x\.warc\.gz @ byte \d+")
+    self.assertEqual(recs[3]["html"], HTML)
+    positions = [r["_pos"] for r in recs]   # offsets of the records in the file, for progress
+    self.assertEqual(positions, sorted(positions))
+    self.assertLess(positions[-1], os.path.getsize(path))
+
   def test_uncompressed_warc(self):
     d = tempfile.mkdtemp()
     path = os.path.join(d, "x.warc")
@@ -65,6 +81,39 @@ class JsonlTextTest(absltest.TestCase):
       self.assertEqual([r.get("malformed", "ok")[:13] for r in recs], ["ok", "bad_json_line", "bad_json_line", "ok"])
       self.assertEqual((recs[0]["id"], recs[0]["url"], recs[0]["text"]), ("a", "u", "hello"))
       self.assertEqual(recs[3]["url"], "w")
+
+  def test_jsonl_errors_name_file_and_line(self):
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "p.jsonl.gz")
+    lines = [b'{"text": "fine"}', b"", b'{"text": ', b'["a list"]', b'{"body": "no text field"}',
+             b'{"text": 7}']
+    with open(path, "wb") as f:
+      f.write(gzip.compress(b"\n".join(lines) + b"\n"))
+    recs = list(cio.read_jsonl(path, "s"))
+    self.assertEqual([r.get("where") for r in recs],
+                     [None, f"{path}:3", f"{path}:4", f"{path}:5", f"{path}:6"])
+    self.assertEqual([r.get("malformed") for r in recs],
+                     [None, "bad_json_line:JSONDecodeError", "bad_json_line:TypeError",
+                      "bad_json_line:KeyError", "bad_json_line:TypeError"])
+    self.assertIn("Expecting value", recs[1]["error"])
+    self.assertEqual(recs[3]["error"], "no field 'text'")
+
+  def test_invalid_utf8_is_replaced_not_dropped(self):
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "p.jsonl")
+    with open(path, "wb") as f:
+      f.write(b'{"id": "a", "text": "caf\xe9 cr\xe8me"}\n'
+              b'{"id": "b", "text": "fine \xc3\xa9"}\n'
+              b'{"id": "c", "text": "lone \\udc80 surrogate"}\n')
+    recs = list(cio.read_jsonl(path))
+    self.assertEqual([r.get("malformed") for r in recs], [None, None, None])
+    self.assertEqual(recs[0]["text"], "caf\ufffd cr\ufffdme")
+    self.assertEqual([r.get("invalid_utf8", False) for r in recs], [True, False, True])
+    self.assertEqual(recs[1]["text"], "fine \u00e9")
+    self.assertEqual(recs[2]["text"], "lone \ufffd surrogate")
+    out = os.path.join(d, "out.jsonl.zst")   # every text can be written back
+    cio.write_jsonl_zst(out, recs)
+    self.assertEqual([r["text"] for r in cio.read_rows(out)], [r["text"] for r in recs])
 
   def test_text_splits(self):
     d = tempfile.mkdtemp()

@@ -12,13 +12,20 @@ and HTML files under /usr/share/doc. Into two WARC files it plants
     repetitive, bullet lists, keyword spam),
   * malformed records: a corrupt gzip member, a record without a target URI,
     a bad block digest, a broken HTTP header, an empty payload, an HTTP 404,
-    a non-HTML payload, and a truncated last record.
+    a non-HTML payload, a record marked `WARC-Truncated: length`, and a
+    truncated last record (the file is cut).
 
-It also writes a JSONL.zst source of module docstrings (one malformed line),
-fastText training files (quality_pos.jsonl: reference prose; quality_neg.jsonl:
-generated spam) and truth.json, which lists every planted case by URL.
+It also writes a JSONL.zst source of module docstrings (one malformed line,
+one line with invalid UTF-8), fastText training files (quality_pos.jsonl:
+reference prose; quality_neg.jsonl: generated spam) and truth.json, which
+lists every planted case by URL.
+
+`--extra_shards=N` adds N more WARC shards (crawl-00002...) of `--extra_pages`
+pages each: reference and library pages with 20% of their words replaced
+(distinct documents, not near duplicates), for benchmarks.
 
   python -m tools.make_test_warc --out=/tmp/corpus
+  python -m tools.make_test_warc --out=/tmp/big --extra_shards=8 --extra_pages=150
 """
 from __future__ import annotations
 
@@ -168,7 +175,7 @@ def jaccard(a: str, b: str, n: int = 5) -> float:
   return len(sa & sb) / max(len(sa | sb), 1)
 
 
-def build(out: str, seed: int = 0) -> dict:
+def build(out: str, seed: int = 0, extra_shards: int = 0, extra_pages: int = 150) -> dict:
   """Writes the corpus into `out`; returns the truth dict (also truth.json)."""
   rng = random.Random(seed)
   os.makedirs(out, exist_ok=True)
@@ -253,12 +260,29 @@ def build(out: str, seed: int = 0) -> dict:
   rec(shard1, "https://x.example/logo.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)),
       content_type="image/png")
   truth["skipped"] = 2
+  name = "exceptions"
+  url = "https://docs.python.example/cut/exceptions.html"
+  rec(shard0, url, page(name, _text_to_html(topic_text(name)))[:1500],
+      extra_headers=["WARC-Truncated: length"])
+  truth["truncated"] = [url]
   trunc = cio.gzip_member(cio.warc_response("https://x.example/truncated", page("t", "<p>cut</p>" * 50)))
   shard1.append(trunc[: len(trunc) // 2])
   truth["malformed_kinds"].append("bad_block_digest(truncated)")
   truth["malformed"] = len(truth["malformed_kinds"])
 
-  for i, records in enumerate((shard0, shard1)):
+  extra_rng = random.Random(seed + 2)
+  sources = [(t, topic_text(t)) for t in TOPICS + TRAIN_TOPICS]
+  extra = []
+  for j in range(extra_shards):
+    records = []
+    for k in range(extra_pages):
+      name, text = sources[(j * extra_pages + k) % len(sources)]
+      body = perturb(text, 0.2, extra_rng)
+      records.append(cio.gzip_member(cio.warc_response(
+          f"https://bench{j}.example/{k}/{name}.html", page(name, _text_to_html(body)))))
+    extra.append(records)
+
+  for i, records in enumerate([shard0, shard1] + extra):
     path = os.path.join(out, f"crawl-{i:05d}.warc.gz")
     with open(path, "wb") as f:
       f.write(b"".join(records))
@@ -273,12 +297,21 @@ def build(out: str, seed: int = 0) -> dict:
       rows.append(json.dumps({"id": f"docstring/{name}", "text": doc,
                               "metadata": {"url": f"https://docs.python.example/docstring/{name}"}}))
   rows.insert(3, '{"id": "broken", "text": ')
+  # Line 7: a docstring with bytes that are not UTF-8 (Latin-1 "é" = 0xe9).
+  bad = json.dumps({"id": "docstring/latin1", "text": (importlib.import_module("csv").__doc__ or "").strip()
+                    + " Caf\u00e9 au lait.",
+                    "metadata": {"url": "https://docs.python.example/docstring/latin1"}},
+                   ensure_ascii=False).encode().replace("\u00e9".encode(), b"\xe9")
+  lines = [r.encode() for r in rows]
+  lines.insert(6, bad)
   jpath = os.path.join(out, "docstrings.jsonl.zst")
   import zstandard  # pylint: disable=g-import-not-at-top
   with open(jpath, "wb") as f:
-    f.write(zstandard.ZstdCompressor(level=3).compress(("\n".join(rows) + "\n").encode()))
+    f.write(zstandard.ZstdCompressor(level=3).compress(b"\n".join(lines) + b"\n"))
   truth["jsonl_files"].append(jpath)
   truth["jsonl_malformed"] = 1
+  truth["jsonl_malformed_where"] = f"{jpath}:4"
+  truth["invalid_utf8"] = ["docstring/latin1"]
 
   # Quality classifier training data.
   pos = [p for t in TRAIN_TOPICS for p in re.split(r"\n\s*\n", topic_text(t)) if len(p.split()) >= 20]
@@ -298,8 +331,10 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description="Builds the offline curation test corpus.")
   ap.add_argument("--out", required=True)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--extra_shards", type=int, default=0, help="more WARC shards, for benchmarks")
+  ap.add_argument("--extra_pages", type=int, default=150, help="pages per extra shard")
   args = ap.parse_args(argv)
-  truth = build(args.out, args.seed)
+  truth = build(args.out, args.seed, args.extra_shards, args.extra_pages)
   sizes = {os.path.basename(p): os.path.getsize(p) for p in truth["warc_files"] + truth["jsonl_files"]}
   print(json.dumps({"files": sizes, "exact_dups": len(truth["exact_dups"]),
                     "near_dups": truth["near_dups"], "malformed": truth["malformed"]}, indent=1))

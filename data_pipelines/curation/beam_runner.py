@@ -37,14 +37,14 @@ def _options(beam_args: list[str]) -> PipelineOptions:
 class _FilterDoFn(beam.DoFn):
   """(shard key, (index, record)) -> (shard key, (index, doc, attrs, stats))."""
 
-  def __init__(self, cfg_json: str):
-    self.cfg_json = cfg_json
+  def __init__(self, ctx: stages.Context):
+    self.ctx = ctx
     self.cfg = None
     self.res = None
 
   def setup(self):
-    self.cfg = stages.config_from_json(self.cfg_json)
-    self.res = stages.resources(self.cfg_json)
+    self.cfg = self.ctx.cfg("filter")
+    self.res = stages.resources(self.ctx.views["filter"])
 
   def process(self, item):
     key, (i, rec) = item
@@ -57,24 +57,24 @@ def _read_shard(shard: stages.Shard):
     yield shard.key, (i, rec)
 
 
-def _write_filtered(item, paths: stages.Paths, cfg_json: str):
+def _write_filtered(item, ctx: stages.Context):
   key, results = item
-  stages.write_filtered_shard(paths, key, list(results), stages.config_from_json(cfg_json))
+  stages.write_filtered_shard(ctx, key, list(results))
   return key
 
 
-def filter_stage(paths: stages.Paths, todo: list[stages.Shard], cfg, cfg_json: str, opts) -> None:
+def filter_stage(ctx: stages.Context, todo: list[stages.Shard], opts) -> None:
   with beam.Pipeline(options=opts) as p:
     _ = (p
          | "Shards" >> beam.Create(todo)
          | "Read" >> beam.FlatMap(_read_shard)
          | "Spread" >> beam.Reshuffle()
-         | "Filter" >> beam.ParDo(_FilterDoFn(cfg_json))
+         | "Filter" >> beam.ParDo(_FilterDoFn(ctx))
          | "ByShard" >> beam.GroupByKey()
-         | "Write" >> beam.Map(_write_filtered, paths, cfg_json))
+         | "Write" >> beam.Map(_write_filtered, ctx))
   for shard in todo:   # a shard without records never reaches GroupByKey
-    if not stages.filter_done(paths, shard.key):
-      stages.filter_shard(paths, shard, cfg, cfg_json)
+    if not stages.filter_done(ctx, shard.key):
+      stages.filter_shard(ctx, shard)
 
 
 # ----------------------------------------------------------------------------
@@ -89,11 +89,11 @@ def _exact_item(doc):
 class _SignatureDoFn(beam.DoFn):
   """doc -> (order, signature, seconds); skips exact duplicates."""
 
-  def __init__(self, cfg_json: str):
-    self.cfg_json = cfg_json
+  def __init__(self, ctx: stages.Context):
+    self.ctx = ctx
 
   def setup(self):
-    c = stages.config_from_json(self.cfg_json).dedup.minhash
+    c = self.ctx.cfg("dedup").dedup.minhash
     self.c = c
     self.mh = dedup.make_minhasher(c.num_perm, c.ngram, c.seed)
 
@@ -111,20 +111,20 @@ def _band_items(item, bands: int, rows: int):
     yield bk, (order, sig)
 
 
-def _finish_and_write(_, paths, keys, cfg_json, exact, near_list, nbytes, seconds):
+def _finish_and_write(_, ctx, exact, near_list, nbytes, seconds):
   """Single worker: Bloom pass in canonical order, then the dedup files."""
-  cfg = stages.config_from_json(cfg_json)
   exact, nbytes, seconds = dict(exact), dict(nbytes), dict(seconds)
   near = near_list[0] if near_list else {}
   t_exact, t_near = seconds.get("exact", 0.0), seconds.get("minhash", 0.0)
   st = stages.dedup_stats(exact, near, len(nbytes), nbytes, t_exact, t_near)
   drop = set(exact) | {o for o, r in near.items() if o != r}
-  bloom, ids, bst, info = stages.bloom_pass(paths, keys, drop, cfg)
-  stages.write_dedup(paths, cfg, exact, near, bloom, ids, cstats.merge([st, bst]), info)
+  bloom, ids, bst, info = stages.bloom_pass(ctx, drop)
+  stages.write_dedup(ctx, exact, near, bloom, ids, cstats.merge([st, bst]), info)
   return True
 
 
-def dedup_stage(paths: stages.Paths, keys: list[str], cfg, cfg_json: str, opts) -> None:
+def dedup_stage(ctx: stages.Context, opts) -> None:
+  paths, keys, cfg = ctx.paths, ctx.shard_keys, ctx.cfg("dedup")
   mc = cfg.dedup.minhash
   with beam.Pipeline(options=opts) as p:
     docs = (p | "Keys" >> beam.Create(keys)
@@ -142,7 +142,7 @@ def dedup_stage(paths: stages.Paths, keys: list[str], cfg, cfg_json: str, opts) 
       t_exact = p | "NoExactTime" >> beam.Create([0.0])
     if mc.enabled:
       bands, rows = dedup.bands_rows(mc)
-      sigs = docs | "Signature" >> beam.ParDo(_SignatureDoFn(cfg_json), beam.pvalue.AsDict(exact))
+      sigs = docs | "Signature" >> beam.ParDo(_SignatureDoFn(ctx), beam.pvalue.AsDict(exact))
       edges = (sigs
                | "Bands" >> beam.FlatMap(_band_items, bands, rows)
                | "Buckets" >> beam.GroupByKey()
@@ -159,7 +159,7 @@ def dedup_stage(paths: stages.Paths, keys: list[str], cfg, cfg_json: str, opts) 
              | "Times" >> beam.Flatten())
     _ = (p | "Once" >> beam.Create([None])
          | "BloomAndWrite" >> beam.Map(
-             _finish_and_write, paths, keys, cfg_json, beam.pvalue.AsDict(exact), beam.pvalue.AsList(near),
+             _finish_and_write, ctx, beam.pvalue.AsDict(exact), beam.pvalue.AsList(near),
              beam.pvalue.AsDict(nbytes), beam.pvalue.AsDict(times)))
 
 
@@ -167,12 +167,14 @@ def dedup_stage(paths: stages.Paths, keys: list[str], cfg, cfg_json: str, opts) 
 # Stages C and D.
 
 @functools.lru_cache(maxsize=2)
-def _decisions(workdir: str):
+def _decisions(workdir: str, dedup_key: str):
+  del dedup_key   # part of the cache key: the files of another dedup run differ
   return stages.load_decisions(stages.Paths(workdir))
 
 
 @functools.lru_cache(maxsize=2)
-def _scores(workdir: str):
+def _scores(workdir: str, quality_key: str):
+  del quality_key
   return stages.load_scores(stages.Paths(workdir))
 
 
@@ -186,58 +188,64 @@ class _ScoreDoFn(beam.DoFn):
     yield order, score, nb, clock() - t0
 
 
-def _write_scores(rows, paths, cfg_json):
+def _write_scores(rows, ctx):
   rows = list(rows)
-  stages.write_scores(paths, stages.config_from_json(cfg_json), [(o, s) for o, s, _, _ in rows],
-                      sum(r[3] for r in rows), sum(r[2] for r in rows))
+  stages.write_scores(ctx, [(o, s) for o, s, _, _ in rows], sum(r[3] for r in rows),
+                      sum(r[2] for r in rows))
 
 
-def quality_stage(paths: stages.Paths, keys: list[str], cfg, cfg_json: str, opts) -> None:
-  model_path = stages.quality_model_path(paths, cfg)   # trains on the driver if needed
+def quality_stage(ctx: stages.Context, opts) -> None:
+  paths = ctx.paths
+  model_path = stages.quality_model_path(ctx)   # trains on the driver if needed
   with beam.Pipeline(options=opts) as p:
-    _ = (p | "Keys" >> beam.Create(keys)
-         | "Deduped" >> beam.FlatMap(lambda k: list(stages.deduped_docs(paths, k, _decisions(paths.workdir))))
+    _ = (p | "Keys" >> beam.Create(ctx.shard_keys)
+         | "Deduped" >> beam.FlatMap(lambda k: list(stages.deduped_docs(
+             paths, k, _decisions(paths.workdir, ctx.keys.dedup))))
          | "Spread" >> beam.Reshuffle()
-         | "Score" >> beam.ParDo(_ScoreDoFn(model_path, cfg.quality.label))
+         | "Score" >> beam.ParDo(_ScoreDoFn(model_path, ctx.cfg("quality").quality.label))
          | "All" >> beam.combiners.ToList()
-         | "Threshold" >> beam.Map(_write_scores, paths, cfg_json))
+         | "Threshold" >> beam.Map(_write_scores, ctx))
 
 
-def _write_output(key, paths, cfg_json):
-  cfg = stages.config_from_json(cfg_json)
-  scores, meta = _scores(paths.workdir) if cfg.quality.enabled else (None, None)
-  stages.write_output_shard(paths, key, cfg, _decisions(paths.workdir), scores, meta)
+def _write_output(key, ctx):
+  paths = ctx.paths
+  scores, meta = (_scores(paths.workdir, ctx.keys.quality) if ctx.cfg("write").quality.enabled
+                  else (None, None))
+  stages.write_output_shard(ctx, key, _decisions(paths.workdir, ctx.keys.dedup), scores, meta)
   return key
 
 
-def write_stage(paths: stages.Paths, todo: list[str], cfg_json: str, opts) -> None:
+def write_stage(ctx: stages.Context, todo: list[str], opts) -> None:
   with beam.Pipeline(options=opts) as p:
     _ = (p | "Keys" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
-         | "Write" >> beam.Map(_write_output, paths, cfg_json))
+         | "Write" >> beam.Map(_write_output, ctx))
 
 
 class Runner:
-  """Runs the stages of one config as Beam pipelines (see `pipeline.run`)."""
+  """Runs the stages of one run as Beam pipelines (see `pipeline.run`)."""
 
-  def __init__(self, cfg, cfg_json: str, beam_args: list[str]):
-    self.cfg, self.cfg_json = cfg, cfg_json
+  def __init__(self, ctx: stages.Context, beam_args: list[str]):
+    self.ctx = ctx
     self.opts = _options(beam_args)
 
-  def filter(self, paths: stages.Paths, todo: list[stages.Shard]) -> None:
-    print(f"[curate:filter] beam: {len(todo)} shards", flush=True)
-    filter_stage(paths, todo, self.cfg, self.cfg_json, self.opts)
+  def filter(self, todo: list[stages.Shard]) -> None:
+    stages.log("filter", f"beam: {len(todo)} shards")
+    filter_stage(self.ctx, todo, self.opts)
 
-  def dedup(self, paths: stages.Paths, keys: list[str]) -> None:
-    print("[curate:dedup] beam", flush=True)
-    dedup_stage(paths, keys, self.cfg, self.cfg_json, self.opts)
+  def dedup(self) -> None:
+    stages.log("dedup", "beam")
+    dedup_stage(self.ctx, self.opts)
 
-  def quality(self, paths: stages.Paths, keys: list[str]) -> None:
-    print("[curate:quality] beam", flush=True)
+  def quality(self) -> None:
+    stages.log("quality", "beam")
     _decisions.cache_clear()   # this process may hold an earlier run's files
-    quality_stage(paths, keys, self.cfg, self.cfg_json, self.opts)
+    quality_stage(self.ctx, self.opts)
 
-  def write(self, paths: stages.Paths, todo: list[str]) -> None:
+  def write(self, todo: list[str]) -> None:
     _decisions.cache_clear()   # this process may hold an earlier run's files
     _scores.cache_clear()
-    print(f"[curate:write] beam: {len(todo)} shards", flush=True)
-    write_stage(paths, todo, self.cfg_json, self.opts)
+    stages.log("write", f"beam: {len(todo)} shards")
+    write_stage(self.ctx, todo, self.opts)
+
+  def close(self) -> None:
+    pass

@@ -8,7 +8,9 @@ thresholds from Rae et al. 2021, Table A1.
 """
 from __future__ import annotations
 
+import glob
 import os
+from typing import Sequence, Union
 
 import ml_collections
 
@@ -23,11 +25,22 @@ def config_path(name: str) -> str:
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Inputs: a list of {name, paths (globs), format: warc|jsonl|text, text_field,
-  # text_split: file|line|paragraph (format=text)}. Each matched file is a shard.
+  # Inputs, two ways (both may be used; each matched file is a shard):
+  #  * input_paths: comma-separated globs, settable on the command line
+  #    (--config.input_paths='crawl/*.warc.gz,extra.jsonl'); each file's format
+  #    follows its name (FORMAT_SUFFIXES), documents get source `input_source`,
+  #    and JSONL documents are read from the field `input_text_field`.
+  #  * inputs: a list of {name, paths (globs), format: warc|jsonl|text,
+  #    text_field, text_split: file|line|paragraph (format=text)}, for config files.
   # The work directory is not a config field: it is `pipeline.run`'s argument
-  # (the CLI's --workdir), and one workdir holds one config's run.
+  # (the CLI's --workdir).
+  c.input_paths = ""
+  c.input_source = "input"
+  c.input_text_field = "text"
   c.inputs = []
+  # Processes of the in-process runner (a pool over shards); 0: os.cpu_count().
+  # Any value writes the same bytes.
+  c.workers = 0
 
   c.extract = ml_collections.ConfigDict(dict(
       main_content=True, preserve_formatting=True, list_bullets=True, alt_texts=False,
@@ -50,7 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
   c.langid = ml_collections.ConfigDict(dict(
-      enabled=True, model=config_path("langid_nb.npz"), keep=["en"], threshold=0.65,
+      enabled=True, model=config_path("langid_nb.npz"), keep="en", threshold=0.65,   # keep: comma-separated
       max_chars=5000))
 
   c.heuristics = ml_collections.ConfigDict(dict(
@@ -99,7 +112,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.quality = ml_collections.ConfigDict(dict(
       enabled=False,
       model="",              # a trained fastText model; else trained from the files below
-      positive=[], negative=[],   # JSONL(.zst/.gz) files with a `text` field
+      # Comma-separated globs of JSONL(.zst/.gz) files with a `text` field:
+      # high-quality (positive) and other (negative) training documents.
+      positive="", negative="",
       label="hq", word_ngrams=2, dim=32, epoch=10, lr=0.5, min_count=1, seed=0,
       # Hashed bigram buckets (the model holds bucket x dim floats). Keep fastText's
       # 2M: with smaller tables the fasttext 0.9.2 wheel trains nondeterministically
@@ -112,3 +127,108 @@ def default_config() -> ml_collections.ConfigDict:
   c.output = ml_collections.ConfigDict(dict(
       attributes=True, zstd_level=3))
   return c
+
+
+# ----------------------------------------------------------------------------
+# Checks, run before any work (`pipeline.run`), so that a run that cannot
+# finish fails at once, naming the field.
+
+# File name endings -> input format (for config.input_paths).
+FORMAT_SUFFIXES = ((".warc", "warc"), (".warc.gz", "warc"), (".warc.zst", "warc"),
+                   (".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".jsonl.zst", "jsonl"),
+                   (".json.gz", "jsonl"), (".json", "jsonl"), (".ndjson", "jsonl"),
+                   (".txt", "text"), (".txt.gz", "text"), (".txt.zst", "text"))
+FORMATS = ("warc", "jsonl", "text")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the field (config.a.b=value)."""
+
+
+def split_list(value: Union[str, Sequence[str]]) -> list[str]:
+  """A comma-separated string (what the command line can set) or a list -> list."""
+  if isinstance(value, str):
+    return [v.strip() for v in value.split(",") if v.strip()]
+  return [str(v) for v in value]
+
+
+def format_of(path: str) -> str:
+  """The input format of a file name, '' if its ending is not in FORMAT_SUFFIXES."""
+  name = path.lower()
+  for suffix, fmt in sorted(FORMAT_SUFFIXES, key=lambda sf: -len(sf[0])):
+    if name.endswith(suffix):
+      return fmt
+  return ""
+
+
+def _matches(field: str, value, what: str) -> list[str]:
+  """Every file the globs of config.<field> match; an error for a glob that matches none."""
+  files = []
+  for pattern in split_list(value):
+    found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    if not found:
+      raise ConfigError(f"config.{field}: {pattern!r} matches no {what}")
+    files += found
+  return files
+
+
+def _need_file(field: str, path: str) -> None:
+  if not path or not os.path.isfile(path):
+    raise ConfigError(f"config.{field}={path!r}: file not found")
+
+
+def _is_name(name) -> bool:
+  return isinstance(name, str) and name.replace("_", "").replace("-", "").isalnum()
+
+
+def check(c) -> None:
+  """Raises ConfigError (naming the field) for a config that cannot run to the end."""
+  if not split_list(c.input_paths) and not list(c.inputs):
+    raise ConfigError("config.input_paths is empty (and config.inputs too): name the input "
+                      "files, e.g. --config.input_paths='crawl/*.warc.gz,more/*.jsonl'")
+  for path in _matches("input_paths", c.input_paths, "file"):
+    if not format_of(path):
+      endings = ", ".join(s for s, _ in FORMAT_SUFFIXES)
+      raise ConfigError(f"config.input_paths: cannot tell the format of {path!r} from its name "
+                        f"(known endings: {endings}); name it in config.inputs with a format")
+  for i, spec in enumerate(c.inputs):
+    field = f"inputs[{i}]"
+    if not isinstance(spec, dict) or not spec.get("name") or not spec.get("paths"):
+      raise ConfigError(f"config.{field}={spec!r}: needs a name and paths")
+    if not _is_name(spec["name"]):
+      raise ConfigError(f"config.{field}.name={spec['name']!r} must be letters, digits, '-' or '_' "
+                        "(it names the shards)")
+    if spec.get("format", "jsonl") not in FORMATS:
+      raise ConfigError(f"config.{field}.format={spec.get('format')!r} must be one of {', '.join(FORMATS)}")
+    if spec.get("text_split", "file") not in ("file", "line", "paragraph", ""):
+      raise ConfigError(f"config.{field}.text_split={spec.get('text_split')!r} must be file, line or paragraph")
+    _matches(f"{field}.paths", spec["paths"], "file")
+  if not _is_name(c.input_source):
+    raise ConfigError(f"config.input_source={c.input_source!r} must be letters, digits, '-' or '_' "
+                      "(it names the shards)")
+  if int(c.workers) < 0:
+    raise ConfigError(f"config.workers={c.workers} must be >= 0 (0: os.cpu_count())")
+  if c.url_filter.enabled:
+    for name in ("banned_domains", "banned_words_strict", "banned_words_hard", "banned_words_soft"):
+      _need_file(f"url_filter.{name}", c.url_filter[name])
+  if c.langid.enabled:
+    _need_file("langid.model", c.langid.model)
+    if not split_list(c.langid.keep):
+      raise ConfigError("config.langid.keep is empty: name the languages to keep, e.g. 'en'")
+  if c.heuristics.enabled:
+    _need_file("heuristics.stop_words", c.heuristics.stop_words)
+  q = c.quality
+  if q.enabled:
+    if q.model:
+      _need_file("quality.model", q.model)
+    else:
+      for field in ("positive", "negative"):
+        if not split_list(q[field]):
+          raise ConfigError(
+              f"config.quality.{field} is empty, but config.quality.enabled=True needs a fastText "
+              "model (config.quality.model) or training documents: JSONL files of high-quality "
+              "(config.quality.positive) and other (config.quality.negative) text; or set "
+              "config.quality.enabled=False")
+        _matches(f"quality.{field}", q[field], "file")
+    if not 0.0 <= float(q.top_fraction) <= 1.0:
+      raise ConfigError(f"config.quality.top_fraction={q.top_fraction} must be in [0, 1]")

@@ -3,10 +3,12 @@
   stages.py       the stages (filter, dedup, quality, write) as deterministic
                   functions of the files before them, and which files mark
                   a stage or shard done
-  inprocess.py    a runner: every stage as a plain Python loop
+  inprocess.py    a runner: every stage as Python loops over shards, in a
+                  process pool (config.workers)
   beam_runner.py  a runner: every stage as an Apache Beam pipeline
-  pipeline.py     this module: checks the workdir, computes `stages.plan`
-                  once, and hands each stage's part of it to the chosen runner
+  pipeline.py     this module: checks the config and the workdir, computes
+                  `stages.plan` once, and hands each stage's part of it to the
+                  chosen runner
 
 Both runners import only `stages` (and the leaf modules it builds on), and
 only this module imports a runner, so the package has no import cycle. The
@@ -19,6 +21,7 @@ import os
 import time
 from typing import Optional
 
+from data_pipelines.curation import config as config_lib
 from data_pipelines.curation import inprocess
 from data_pipelines.curation import io as cio
 from data_pipelines.curation import stages
@@ -29,6 +32,7 @@ from data_pipelines.curation import stats as cstats
 # --runner=...
 RUNNERS = ("inprocess", "direct", "beam")
 CRASH_ENV = stages.CRASH_ENV
+ConfigError = config_lib.ConfigError
 output_files = stages.output_files
 
 
@@ -37,44 +41,61 @@ def check_runner(runner: str) -> None:
     raise ValueError(f"runner {runner!r} must be one of {', '.join(RUNNERS)}")
 
 
-def make_runner(runner: str, cfg, cfg_json: str, beam_args: Optional[list[str]] = None):
+def make_runner(runner: str, ctx: stages.Context, beam_args: Optional[list[str]] = None):
   """The runner object for a name in RUNNERS (Beam is imported only when chosen)."""
   check_runner(runner)
   if runner == "inprocess":
-    return inprocess.Runner(cfg, cfg_json)
+    return inprocess.Runner(ctx)
   from data_pipelines.curation import beam_runner  # pylint: disable=g-import-not-at-top
-  return beam_runner.Runner(cfg, cfg_json, beam_args or [])
+  return beam_runner.Runner(ctx, beam_args or [])
 
 
 def run(cfg, workdir: str, runner: str = "inprocess", beam_args: Optional[list[str]] = None,
         verbose: bool = True) -> dict:
-  """Runs (or resumes) every stage; returns the merged stats (also in workdir/stats.json)."""
+  """Runs (or resumes) every stage; returns the merged stats (also in workdir/stats.json).
+
+  The config is checked first (`config.check`: a ConfigError naming the field,
+  before anything is read or written). Stages whose key is unchanged are not
+  redone, so after a config change only the stages that read a changed field
+  (and the stages after them) run again.
+  """
   check_runner(runner)   # before anything is written into workdir
-  os.makedirs(workdir, exist_ok=True)
-  paths = stages.Paths(workdir)
   cfg_json = stages.config_to_json(cfg)
   cfg = stages.config_from_json(cfg_json)
-  stages.check_workdir(paths, cfg_json)
-  shards = stages.list_shards(cfg)
-  keys = [s.key for s in shards]
+  config_lib.check(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  ctx = stages.make_context(workdir, cfg)
+  stages.prepare_workdir(ctx, cfg_json)
   t_start = time.perf_counter()
-  todo = stages.plan(paths, shards, cfg)
+  todo = stages.plan(ctx)
   if not todo.empty:
-    worker = make_runner(runner, cfg, cfg_json, beam_args)
-    if todo.filter:
-      worker.filter(paths, todo.filter)
-    if todo.dedup:
-      worker.dedup(paths, keys)
-    if todo.quality:
-      worker.quality(paths, keys)
-    if todo.write:
-      worker.write(paths, todo.write)
-  st = stages.collect_stats(paths, keys, cfg)
+    worker = make_runner(runner, ctx, beam_args)
+    try:
+      if todo.filter:
+        worker.filter(todo.filter)
+      if todo.dedup:
+        worker.dedup()
+      if todo.quality:
+        worker.quality()
+      if todo.write:
+        worker.write(todo.write)
+    finally:
+      worker.close()
+  st = stages.collect_stats(ctx)
+  paths, keys = ctx.paths, ctx.shard_keys
+  wall = time.perf_counter() - t_start
   summary = {"stats": st, "shards": len(keys), "runner": runner,
-             "wall_seconds": time.perf_counter() - t_start,
+             "workers": ctx.workers if runner == "inprocess" else None,
+             "wall_seconds": wall,
+             "docs_in": st.get("read", {}).get("in", 0),
              "docs_out": sum(cio.read_json(paths.shard_file(paths.output, k, "stats")).get("write", {}).get("out", 0)
-                             for k in keys)}
+                             for k in keys),
+             "empty_inputs": stages.empty_inputs(ctx),
+             "redone": {"filter": [s.key for s in todo.filter], "dedup": todo.dedup,
+                        "quality": todo.quality, "write": todo.write}}
   cio.write_json(os.path.join(workdir, "stats.json"), summary)
   if verbose:
-    print(cstats.table(st), flush=True)
+    print(cstats.table(st, wall, summary["workers"]), flush=True)
+    for path in summary["empty_inputs"]:
+      print(f"note: empty input file (no records): {path}", flush=True)
   return summary

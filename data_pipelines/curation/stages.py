@@ -15,11 +15,15 @@ and the bookkeeping of which stages and shards are done.
               attribute side file.
               workdir/output/<shard>.{jsonl.zst,attrs.jsonl.zst,stats.json}
 
-Every file is written atomically and a shard's stats file is written last, so
-a stats file marks a finished shard; a killed run redoes only unfinished
-shards and stages. Each stage is a deterministic function of the files before
-it, so a resumed run writes what an uninterrupted one would, and both runners
-write the same bytes.
+Every file is written atomically, and a stage (or shard) is done when its
+key file, written last, holds the stage's key: a hash of the config fields
+the stage reads (`STAGE_FIELDS`; a stage function sees only those, through
+`Context.cfg(stage)`), of the keys of the stages before it, and for stage A of
+the input file (path, format, size, mtime). A killed run redoes only
+unfinished shards and stages; a config change redoes only the stages whose
+fields (or whose inputs) changed. Each stage is a deterministic function of
+the files before it, so a resumed run writes what an uninterrupted one would,
+and both runners (and any number of worker processes) write the same bytes.
 
 This module is the bottom of the curation package's runner layer: the
 in-process runner (`inprocess.py`) and the Beam runner (`beam_runner.py`)
@@ -35,13 +39,16 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import json
 import os
+import sys
 import time
-from typing import Any, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
 import ml_collections
 
+from data_pipelines.curation import config as config_lib
 from data_pipelines.curation import dedup
 from data_pipelines.curation import extract
 from data_pipelines.curation import heuristics
@@ -65,16 +72,31 @@ class Shard(NamedTuple):
   text_split: str = "file"
 
 
+def _files(patterns) -> list[str]:
+  return sorted({p for pattern in config_lib.split_list(patterns) for p in glob.glob(pattern)
+                 if os.path.isfile(p)})
+
+
 def list_shards(cfg) -> list[Shard]:
-  """One shard per input file, keyed `<input name>-<5-digit index>`."""
+  """One shard per input file, keyed `<input name>-<5-digit index>`: first the
+  files of config.input_paths (named config.input_source, format from the file
+  name), then those of each config.inputs entry."""
   shards = []
+  name = cfg.input_source
+  for j, path in enumerate(_files(cfg.input_paths)):
+    shards.append(Shard(f"{name}-{j:05d}", name, path, config_lib.format_of(path),
+                        cfg.input_text_field or "text", "file"))
   for spec in cfg.inputs:
-    paths = sorted({p for pattern in spec["paths"] for p in glob.glob(pattern)})
-    for j, path in enumerate(paths):
+    for j, path in enumerate(_files(spec["paths"])):
       shards.append(Shard(f"{spec['name']}-{j:05d}", spec["name"], path, spec.get("format", "jsonl"),
                           spec.get("text_field", "text") or "text", spec.get("text_split", "file") or "file"))
   if not shards:
-    raise FileNotFoundError(f"no input files match config.inputs={list(cfg.inputs)}")
+    raise config_lib.ConfigError(f"no input files match config.input_paths={cfg.input_paths!r} "
+                                 f"or config.inputs={list(cfg.inputs)}")
+  keys = [s.key for s in shards]
+  if len(set(keys)) < len(keys):
+    raise config_lib.ConfigError(f"config.input_source={name!r} is also the name of an entry of "
+                                 "config.inputs: give each input its own name")
   return shards
 
 
@@ -87,6 +109,104 @@ def config_from_json(s: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(s))
 
 
+# ----------------------------------------------------------------------------
+# What each stage reads, and the keys that say whether it is done.
+
+# The config fields each stage reads (a dotted name covers its whole sub-tree).
+# A stage function is given only these (`Context.cfg`), so reading any other
+# field fails loudly instead of leaving a stale result behind.
+STAGE_FIELDS = {
+    "filter": ("extract", "url_filter", "modifiers", "langid", "heuristics", "line_modifiers",
+               "output.zstd_level"),
+    "dedup": ("dedup", "output.zstd_level"),
+    # The fastText model: retrained only when these change (not the threshold).
+    "quality_model": ("quality.model", "quality.positive", "quality.negative", "quality.label",
+                      "quality.word_ngrams", "quality.dim", "quality.epoch", "quality.lr",
+                      "quality.min_count", "quality.seed", "quality.bucket"),
+    "quality": ("quality", "output.zstd_level"),
+    "write": ("quality.enabled", "output"),
+}
+# Bump when a stage's code changes what it writes: every key changes with it.
+STAGE_VERSION = 1
+
+
+def stage_view(cfg, stage: str) -> dict:
+  """The part of the config that `stage` reads, as a plain dict."""
+  out: dict = {}
+  for field in STAGE_FIELDS[stage]:
+    *parents, leaf = field.split(".")
+    src, dst = cfg, out
+    for name in parents:
+      src, dst = src[name], dst.setdefault(name, {})
+    value = src[leaf]
+    dst[leaf] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+  return out
+
+
+def _hash(*parts: Any) -> str:
+  return hashlib.sha256(json.dumps([STAGE_VERSION, *parts], sort_keys=True).encode()).hexdigest()[:20]
+
+
+def file_stamp(path: str) -> list:
+  st = os.stat(path)
+  return [path, st.st_size, st.st_mtime_ns]
+
+
+class Keys(NamedTuple):
+  """Each stage's key (per shard for filter and write)."""
+  filter: dict
+  dedup: str
+  quality_model: str
+  quality: str     # "" when config.quality.enabled is False
+  write: dict
+
+
+def stage_keys(shards: list[Shard], views: dict) -> Keys:
+  """The key chain: a stage's key hashes its own fields and the keys it builds on."""
+  filt = {s.key: _hash("filter", views["filter"], list(s), file_stamp(s.path)) for s in shards}
+  dd = _hash("dedup", views["dedup"], sorted(filt.items()))
+  q = config_from_json(views["quality"]).quality
+  if not q.enabled:
+    train_files = []
+  elif q.model:
+    train_files = [file_stamp(q.model)] if os.path.exists(q.model) else []
+  else:
+    train_files = [file_stamp(p) for p in _files(q.positive) + _files(q.negative)]
+  model = _hash("quality_model", views["quality_model"], train_files)
+  qual = _hash("quality", views["quality"], dd, model) if q.enabled else ""
+  write = {s.key: _hash("write", views["write"], dd, qual) for s in shards}
+  return Keys(filt, dd, model, qual, write)
+
+
+@functools.lru_cache(maxsize=16)
+def _view_config(view_json: str) -> ml_collections.ConfigDict:
+  return config_from_json(view_json)
+
+
+class Context(NamedTuple):
+  """Everything a stage needs, picklable (it travels to worker processes and Beam)."""
+  paths: "Paths"
+  shards: tuple
+  views: dict       # stage -> JSON of stage_view(cfg, stage)
+  keys: Keys
+  workers: int      # processes of the in-process runner
+
+  def cfg(self, stage: str) -> ml_collections.ConfigDict:
+    """The fields `stage` reads (a shared object: read it, do not change it)."""
+    return _view_config(self.views[stage])
+
+  @property
+  def shard_keys(self) -> list[str]:
+    return [s.key for s in self.shards]
+
+
+def make_context(workdir: str, cfg) -> Context:
+  shards = list_shards(cfg)
+  views = {stage: config_to_json(stage_view(cfg, stage)) for stage in STAGE_FIELDS}
+  workers = int(cfg.workers) or os.cpu_count() or 1
+  return Context(Paths(workdir), tuple(shards), views, stage_keys(shards, views), workers)
+
+
 class Paths:
   def __init__(self, workdir: str):
     self.workdir = workdir
@@ -96,15 +216,19 @@ class Paths:
     self.output = os.path.join(workdir, "output")
 
   def shard_file(self, stage_dir: str, key: str, kind: str) -> str:
-    suffix = {"docs": ".jsonl.zst", "attrs": ".attrs.jsonl.zst", "stats": ".stats.json"}[kind]
-    return os.path.join(stage_dir, key + suffix)
+    return os.path.join(stage_dir, key + SHARD_SUFFIXES[kind])
 
+
+# The files of one shard in filtered/ and output/ (the key file is written last).
+SHARD_SUFFIXES = {"docs": ".jsonl.zst", "attrs": ".attrs.jsonl.zst", "stats": ".stats.json",
+                  "key": ".key"}
 
 _crash_counts: dict[str, int] = {}
 
 
-def maybe_crash(stage: str) -> None:
-  """Test hook: os._exit after the n-th finished shard of `stage` (a hard kill)."""
+def maybe_crash(stage: str, before_exit: Optional[Callable[[], None]] = None) -> None:
+  """Test hook: os._exit after the n-th finished shard of `stage` (a hard kill);
+  `before_exit` may stop worker processes first."""
   spec = os.environ.get(CRASH_ENV, "")
   if not spec:
     return
@@ -112,7 +236,28 @@ def maybe_crash(stage: str) -> None:
   if name == stage:
     _crash_counts[stage] = _crash_counts.get(stage, 0) + 1
     if _crash_counts[stage] >= int(n):
+      if before_exit is not None:
+        before_exit()
       os._exit(17)  # pylint: disable=protected-access
+
+
+# Where `log` lines go: stderr, or (in a worker process) a list that the task
+# hands back to the parent, which prints it (see inprocess.py).
+_log_buffer: Optional[list] = None
+
+
+def log(stage: str, message: str) -> None:
+  line = f"[curate:{stage}] {message}"
+  if _log_buffer is not None:
+    _log_buffer.append(line)
+  else:
+    print(line, file=sys.stderr, flush=True)
+
+
+def capture_logs(buffer: Optional[list]) -> None:
+  """Collect `log` lines into `buffer` (None: print them again)."""
+  global _log_buffer
+  _log_buffer = buffer
 
 
 # ----------------------------------------------------------------------------
@@ -123,17 +268,20 @@ class Resources(NamedTuple):
   langid: Optional[langid.LangIdModel]
   stop_words: frozenset
   rules: list
+  keep_languages: tuple
 
 
 @functools.lru_cache(maxsize=4)
 def resources(cfg_json: str) -> Resources:
-  """Ban lists, language model, stop words and rules, loaded once per process."""
+  """Ban lists, language model, stop words and rules, loaded once per process
+  (`cfg_json`: the filter stage's view)."""
   cfg = config_from_json(cfg_json)
   banlists = (heuristics.load_banlists(cfg.url_filter) if cfg.url_filter.enabled
               else heuristics.UrlBanlists(frozenset(), (), frozenset(), frozenset()))
   model = langid.load(cfg.langid.model) if cfg.langid.enabled else None
   stop = frozenset(heuristics.read_list(cfg.heuristics.stop_words))
-  return Resources(banlists, model, stop, heuristics.quality_rules(cfg.heuristics))
+  return Resources(banlists, model, stop, heuristics.quality_rules(cfg.heuristics),
+                   tuple(config_lib.split_list(cfg.langid.keep)))
 
 
 def nbytes(text: str) -> int:
@@ -158,11 +306,18 @@ def process_record(rec: dict, order: str, cfg, res: Resources) -> tuple[Optional
 
   t0 = clock() - rec.pop("_read_seconds", 0.0)   # time the reader spent on it
   raw_bytes = len(rec.get("html") or b"") or nbytes(rec.get("text", ""))
+  where = ": ".join(filter(None, (rec.get("where", ""), rec.get("error", ""))))
   if "malformed" in rec:
-    return drop("read", "malformed:" + rec["malformed"], "", 0, t0)
+    return drop("read", "malformed:" + rec["malformed"], where, 0, t0)
+  if "truncated" in rec:
+    return drop("read", "truncated:" + rec["truncated"], where, raw_bytes, t0)
   if "skipped" in rec:
     return drop("read", "skipped:" + rec["skipped"], "", raw_bytes, t0)
-  cstats.record(st, "read", bytes_in=raw_bytes, bytes_out=raw_bytes, seconds=clock() - t0)
+  changed = None
+  if rec.get("invalid_utf8"):
+    changed = steps["read"] = "invalid_utf8_replaced"
+  cstats.record(st, "read", bytes_in=raw_bytes, bytes_out=raw_bytes, seconds=clock() - t0,
+                changed=changed)
 
   t0 = clock()
   if "html" in rec:
@@ -196,8 +351,9 @@ def process_record(rec: dict, order: str, cfg, res: Resources) -> tuple[Optional
     t0 = clock()
     lang, prob = langid.top_language(res.langid, text, cfg.langid.max_chars)
     attrs["language"], attrs["language_score"] = lang, round(prob, 4)
-    if lang not in cfg.langid.keep or prob < cfg.langid.threshold:
-      return drop("langid", "not_" + "_".join(cfg.langid.keep) if lang not in cfg.langid.keep
+    keep = res.keep_languages
+    if lang not in keep or prob < cfg.langid.threshold:
+      return drop("langid", "not_" + "_".join(keep) if lang not in keep
                   else "low_confidence", f"{lang} p={prob:.3f}", nb, t0)
     cstats.record(st, "langid", bytes_in=nb, bytes_out=nb, seconds=clock() - t0)
     steps["langid"] = "keep"
@@ -232,9 +388,14 @@ def process_record(rec: dict, order: str, cfg, res: Resources) -> tuple[Optional
   return doc, attrs, st
 
 
-def shard_records(shard: Shard) -> Iterator[tuple[int, dict]]:
+# report(docs read so far, bytes of the input file read so far)
+Report = Callable[[int, int], None]
+
+
+def shard_records(shard: Shard, report: Optional[Report] = None) -> Iterator[tuple[int, dict]]:
   """(index, record) of one input shard; a reader that fails mid-file yields
-  one malformed record and stops (the run goes on)."""
+  one malformed record (naming the file and the error) and stops (the run
+  goes on). `report`, if given, hears the position after each record."""
   i = -1
   try:
     records = cio.read_input(shard.path, shard.fmt, shard.source, text_field=shard.text_field,
@@ -242,38 +403,63 @@ def shard_records(shard: Shard) -> Iterator[tuple[int, dict]]:
     t0 = clock()
     for i, rec in enumerate(records):
       rec["_read_seconds"] = clock() - t0
+      pos = rec.pop("_pos", 0)
+      if report is not None:
+        report(i + 1, pos)
       yield i, rec
       t0 = clock()
   except Exception as e:  # pylint: disable=broad-except
     yield i + 1, {"id": cio.doc_id(shard.key, "error"), "source": shard.source,
-                  "malformed": f"reader_error:{type(e).__name__}"}
+                  "malformed": f"reader_error:{type(e).__name__}", "where": shard.path,
+                  "error": str(e)[:300]}
 
 
 def order_key(shard_key: str, index: int) -> str:
   return f"{shard_key}/{index:07d}"
 
 
-def write_filtered_shard(paths: Paths, key: str, results: Iterable[tuple[int, Optional[dict], dict, dict]],
-                         cfg) -> dict:
-  """Writes a shard's surviving docs, attributes and stats (stats last)."""
+MAX_LOGGED_PROBLEMS = 5   # per shard; the attribute file has every one
+
+
+def write_filtered_shard(ctx: Context, key: str,
+                         results: Iterable[tuple[int, Optional[dict], dict, dict]]) -> dict:
+  """Writes a shard's surviving docs, attributes, stats and key (key last).
+
+  The `files` step counts the input file, removed as `empty` when it held no
+  record; malformed and truncated records are logged (file and line) up to
+  MAX_LOGGED_PROBLEMS per shard."""
+  paths, cfg = ctx.paths, ctx.cfg("filter")
+  shard = next(s for s in ctx.shards if s.key == key)
   results = sorted(results, key=lambda r: r[0])
   docs = [r[1] for r in results if r[1] is not None]
   st = cstats.merge(r[3] for r in results)
+  cstats.record(st, "files", removed=None if results else "empty")
+  if not results:
+    log("filter", f"empty input file (no records): {shard.path}")
+  problems = [r[2]["steps"]["read"] for r in results if r[1] is None and "read" in r[2]["steps"]
+              and r[2]["steps"]["read"].startswith(("malformed:", "truncated:"))]
+  for p in problems[:MAX_LOGGED_PROBLEMS]:
+    log("filter", f"{shard.key}: {p}")
+  if len(problems) > MAX_LOGGED_PROBLEMS:
+    log("filter", f"{shard.key}: ... {len(problems) - MAX_LOGGED_PROBLEMS} more "
+        f"(all in {paths.shard_file(paths.filtered, key, 'attrs')})")
   cio.write_jsonl_zst(paths.shard_file(paths.filtered, key, "docs"), docs, cfg.output.zstd_level)
   cio.write_jsonl_zst(paths.shard_file(paths.filtered, key, "attrs"), (r[2] for r in results),
                       cfg.output.zstd_level)
   cio.write_json(paths.shard_file(paths.filtered, key, "stats"), st)
+  write_key(paths.shard_file(paths.filtered, key, "key"), ctx.keys.filter[key])
   return st
 
 
-def filter_shard(paths: Paths, shard: Shard, cfg, cfg_json: str) -> dict:
+def filter_shard(ctx: Context, shard: Shard, report: Optional[Report] = None) -> dict:
   """Stage A for one shard, record by record in this process."""
-  res = resources(cfg_json)
+  cfg = ctx.cfg("filter")
+  res = resources(ctx.views["filter"])
   results = []
-  for i, rec in shard_records(shard):
+  for i, rec in shard_records(shard, report):
     doc, attrs, st = process_record(rec, order_key(shard.key, i), cfg, res)
     results.append((i, doc, attrs, st))
-  return write_filtered_shard(paths, shard.key, results, cfg)
+  return write_filtered_shard(ctx, shard.key, results)
 
 
 # ----------------------------------------------------------------------------
@@ -293,15 +479,15 @@ def exact_drops(groups: Iterable[list[str]]) -> dict[str, str]:
   return out
 
 
-def bloom_pass(paths: Paths, keys: list[str], drop: set, cfg) -> tuple[dict, dict, dict, dict]:
+def bloom_pass(ctx: Context, drop: set, counted: Optional[int] = None) -> tuple[dict, dict, dict, dict]:
   """Sequential Bloom dedup over the surviving docs in canonical order.
 
   Returns ({order: new text or None}, {order: id}, stats, filter info). The filter is sized
-  for the n-grams counted in a first pass (or config.expected_ngrams), so its
-  memory is -n ln p / (ln 2)^2 bits.
+  for the n-grams counted in a first pass (`counted`, if the caller counted
+  them already; or config.expected_ngrams), so its memory is -n ln p / (ln 2)^2 bits.
   """
-  c = cfg.dedup.bloom
-  keys = sorted(keys)   # canonical order: order keys sort as strings
+  paths, c = ctx.paths, ctx.cfg("dedup").dedup.bloom
+  keys = sorted(ctx.shard_keys)   # canonical order: order keys sort as strings
   ids: dict[str, str] = {}
   st = cstats.new()
   if not c.enabled:
@@ -311,8 +497,9 @@ def bloom_pass(paths: Paths, keys: list[str], drop: set, cfg) -> tuple[dict, dic
     return {}, ids, st, {}
   expected = int(c.expected_ngrams)
   if not expected:
-    expected = sum(dedup.count_ngrams(d["text"], c.ngram) for key in keys
-                   for d in read_filtered(paths, key) if d["order"] not in drop)
+    expected = counted if counted is not None else sum(
+        dedup.count_ngrams(d["text"], c.ngram) for key in keys
+        for d in read_filtered(paths, key) if d["order"] not in drop)
   bloom = dedup.BloomFilter(max(expected, 1), c.false_positive_rate)
   changed: dict[str, Optional[str]] = {}
   for key in keys:
@@ -337,9 +524,10 @@ def bloom_pass(paths: Paths, keys: list[str], drop: set, cfg) -> tuple[dict, dic
   return changed, ids, st, info
 
 
-def write_dedup(paths: Paths, cfg, exact: dict[str, str], near: dict[str, str],
+def write_dedup(ctx: Context, exact: dict[str, str], near: dict[str, str],
                 bloom: dict[str, Optional[str]], ids: dict[str, str], st: dict, info: dict) -> None:
-  """Writes decisions (one row per touched document), clusters and stats."""
+  """Writes decisions (one row per touched document), clusters, stats and key."""
+  paths, cfg = ctx.paths, ctx.cfg("dedup")
   rows = []
   for order in sorted(set(exact) | set(near) | set(bloom)):
     if order in exact:
@@ -358,6 +546,7 @@ def write_dedup(paths: Paths, cfg, exact: dict[str, str], near: dict[str, str],
   cio.write_jsonl_zst(os.path.join(paths.dedup, "clusters.jsonl.zst"), crow, cfg.output.zstd_level)
   cio.write_json(os.path.join(paths.dedup, "bloom.json"), info)
   cio.write_json(os.path.join(paths.dedup, "stats.json"), st)
+  write_key(os.path.join(paths.dedup, "key"), ctx.keys.dedup)
 
 
 def dedup_stats(exact: dict, near: dict, n_docs: int, bytes_by_order: dict, t_exact: float,
@@ -386,6 +575,12 @@ def load_decisions(paths: Paths) -> dict[str, dict]:
   return {r["order"]: r for r in cio.read_rows(os.path.join(paths.dedup, "decisions.jsonl.zst"))}
 
 
+def of_shard(rows: dict[str, Any], key: str) -> dict[str, Any]:
+  """The entries of an {order: ...} dict that belong to shard `key`."""
+  prefix = key + "/"
+  return {o: v for o, v in rows.items() if o.startswith(prefix)}
+
+
 def deduped_docs(paths: Paths, key: str, decisions: dict[str, dict]) -> Iterator[dict]:
   """The shard's filtered docs with dedup applied (dropped docs left out)."""
   for d in read_filtered(paths, key):
@@ -399,12 +594,17 @@ def deduped_docs(paths: Paths, key: str, decisions: dict[str, dict]) -> Iterator
 # ----------------------------------------------------------------------------
 # Stage C: quality.
 
-def quality_model_path(paths: Paths, cfg) -> str:
-  if cfg.quality.model:
-    return cfg.quality.model
+def quality_model_path(ctx: Context) -> str:
+  """config.quality.model, or the model trained on config.quality.positive /
+  .negative (trained again only when the fields it depends on change)."""
+  paths, c = ctx.paths, ctx.cfg("quality").quality
+  if c.model:
+    return c.model
   path = os.path.join(paths.quality, "model.bin")
-  if not os.path.exists(path):
-    quality.train(list(cfg.quality.positive), list(cfg.quality.negative), path, cfg.quality)
+  marker = os.path.join(paths.quality, "model.key")
+  if not (os.path.exists(path) and read_key(marker) == ctx.keys.quality_model):
+    quality.train(_files(c.positive), _files(c.negative), path, c)
+    write_key(marker, ctx.keys.quality_model)
   return path
 
 
@@ -413,8 +613,10 @@ def _quality_model(path: str):
   return quality.load(path)
 
 
-def write_scores(paths: Paths, cfg, scored: Iterable[tuple[str, float]], seconds: float,
+def write_scores(ctx: Context, scored: Iterable[tuple[str, float]], seconds: float,
                  nbytes: int) -> None:
+  """Writes the scores and the threshold, then the stage's key."""
+  paths, cfg = ctx.paths, ctx.cfg("quality")
   scored = sorted(scored)
   c = cfg.quality
   thr = (quality.top_fraction_threshold((s for _, s in scored), c.top_fraction)
@@ -424,6 +626,7 @@ def write_scores(paths: Paths, cfg, scored: Iterable[tuple[str, float]], seconds
   cio.write_json(os.path.join(paths.quality, "threshold.json"),
                  {"threshold": thr, "top_fraction": c.top_fraction, "docs": len(scored),
                   "seconds": seconds, "bytes": nbytes})
+  write_key(os.path.join(paths.quality, "key"), ctx.keys.quality)
 
 
 def score_docs(docs: Iterable[dict], model_path: str, label: str) -> Iterator[tuple[str, float, int]]:
@@ -441,8 +644,10 @@ def load_scores(paths: Paths) -> tuple[dict[str, float], dict]:
 # ----------------------------------------------------------------------------
 # Stage D: write the curated shards.
 
-def write_output_shard(paths: Paths, key: str, cfg, decisions: dict[str, dict],
+def write_output_shard(ctx: Context, key: str, decisions: dict[str, dict],
                        scores: Optional[dict[str, float]], qmeta: Optional[dict]) -> dict:
+  """Stage D for one shard (`decisions`, `scores`: at least this shard's)."""
+  paths, cfg = ctx.paths, ctx.cfg("write")
   st = cstats.new()
   t0 = clock()
   attrs = {a["order"]: a for a in cio.read_rows(paths.shard_file(paths.filtered, key, "attrs"))}
@@ -476,80 +681,117 @@ def write_output_shard(paths: Paths, key: str, cfg, decisions: dict[str, dict],
   nb = sum(nbytes(d["text"]) for d in out)
   cstats.record(st, "write", n=len(out), bytes_in=nb, bytes_out=nb, seconds=clock() - t0)
   cio.write_json(paths.shard_file(paths.output, key, "stats"), st)
+  write_key(paths.shard_file(paths.output, key, "key"), ctx.keys.write[key])
   return st
 
 
 # ----------------------------------------------------------------------------
 # Bookkeeping: what is done, what is left.
 #
-# A stage's marker is the file it writes last: a shard's stats file for stages
-# A and D, dedup/stats.json for B, quality/threshold.json for C. A marker
-# exists only once everything before it is on disk, so "marker exists" is
-# "done", whichever runner (or killed process) wrote it.
+# A stage's marker is its key file, written after everything else it writes:
+# `<shard>.key` for stages A and D, dedup/key for B, quality/key for C. A
+# marker holding the stage's current key says "done with these inputs and
+# these config fields", whichever runner (or killed process) wrote it.
 
-def filter_done(paths: Paths, key: str) -> bool:
-  return os.path.exists(paths.shard_file(paths.filtered, key, "stats"))
-
-
-def dedup_done(paths: Paths) -> bool:
-  return os.path.exists(os.path.join(paths.dedup, "stats.json"))
+def write_key(path: str, key: str) -> None:
+  cio.write_text(path, key + "\n")
 
 
-def quality_done(paths: Paths) -> bool:
-  return os.path.exists(os.path.join(paths.quality, "threshold.json"))
+def read_key(path: str) -> str:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read().strip()
+  except FileNotFoundError:
+    return ""
 
 
-def write_done(paths: Paths, key: str) -> bool:
-  return os.path.exists(paths.shard_file(paths.output, key, "stats"))
+def filter_done(ctx: Context, key: str) -> bool:
+  p = ctx.paths
+  return (os.path.exists(p.shard_file(p.filtered, key, "stats"))
+          and read_key(p.shard_file(p.filtered, key, "key")) == ctx.keys.filter[key])
+
+
+def dedup_done(ctx: Context) -> bool:
+  p = ctx.paths
+  return (os.path.exists(os.path.join(p.dedup, "stats.json"))
+          and read_key(os.path.join(p.dedup, "key")) == ctx.keys.dedup)
+
+
+def quality_done(ctx: Context) -> bool:
+  p = ctx.paths
+  return (os.path.exists(os.path.join(p.quality, "threshold.json"))
+          and read_key(os.path.join(p.quality, "key")) == ctx.keys.quality)
+
+
+def write_done(ctx: Context, key: str) -> bool:
+  p = ctx.paths
+  return (os.path.exists(p.shard_file(p.output, key, "stats"))
+          and read_key(p.shard_file(p.output, key, "key")) == ctx.keys.write[key])
 
 
 class Plan(NamedTuple):
   """The work a (resumed) run has left, in stage order."""
-  filter: list[Shard]   # shards without a filtered stats file
+  filter: list[Shard]   # shards whose filter key file is missing or stale
   dedup: bool
   quality: bool         # only when config.quality.enabled
-  write: list[str]      # shard keys without an output stats file
+  write: list[str]      # shard keys whose output key file is missing or stale
 
   @property
   def empty(self) -> bool:
     return not (self.filter or self.dedup or self.quality or self.write)
 
 
-def plan(paths: Paths, shards: list[Shard], cfg) -> Plan:
+def plan(ctx: Context) -> Plan:
   """What is left to do. Computed once, before any stage runs: a stage only
   ever adds its own markers, so the later stages' part of the plan cannot
   change while the earlier ones run."""
-  return Plan(filter=[s for s in shards if not filter_done(paths, s.key)],
-              dedup=not dedup_done(paths),
-              quality=bool(cfg.quality.enabled) and not quality_done(paths),
-              write=[s.key for s in shards if not write_done(paths, s.key)])
+  return Plan(filter=[s for s in ctx.shards if not filter_done(ctx, s.key)],
+              dedup=not dedup_done(ctx),
+              quality=bool(ctx.keys.quality) and not quality_done(ctx),
+              write=[k for k in ctx.shard_keys if not write_done(ctx, k)])
 
 
-# Keys that earlier versions wrote into config.json and that never changed
-# what a run computes: {key: the only value they ever had}.
-_RETIRED_CONFIG_KEYS = {"workdir": ""}
+def prepare_workdir(ctx: Context, cfg_json: str) -> list[str]:
+  """Records the config (config.json: the latest run's) and removes the shard
+  files of inputs the config no longer has, so output/ holds this config's
+  shards only. Refuses a non-empty directory that holds no curation run.
+  Returns the removed files."""
+  paths = ctx.paths
+  config_json = os.path.join(paths.workdir, "config.json")
+  ours = {"config.json", "stats.json", "filtered", "dedup", "quality", "output"}
+  if not os.path.exists(config_json) and set(os.listdir(paths.workdir)) - ours:
+    raise ValueError(f"--workdir {paths.workdir} is not empty and holds no curation run "
+                     "(no config.json): use a new or empty directory")
+  keys = set(ctx.shard_keys)
+  removed = []
+  for stage_dir in (paths.filtered, paths.output):
+    for name in sorted(os.listdir(stage_dir)) if os.path.isdir(stage_dir) else []:
+      suffix = next((x for x in SHARD_SUFFIXES.values() if name.endswith(x)), None)
+      if suffix and name[:-len(suffix)].removesuffix(".attrs") not in keys:
+        os.remove(os.path.join(stage_dir, name))
+        removed.append(os.path.join(stage_dir, name))
+  if removed:
+    log("plan", f"removed {len(removed)} files of shards this config no longer has "
+        f"(e.g. {removed[0]})")
+  cio.write_json(config_json, json.loads(cfg_json))
+  return removed
 
 
-def check_workdir(paths: Paths, cfg_json: str) -> None:
-  """A workdir belongs to one config; resuming with another one is an error."""
-  path = os.path.join(paths.workdir, "config.json")
-  if os.path.exists(path):
-    saved = cio.read_json(path)
-    for key, value in _RETIRED_CONFIG_KEYS.items():
-      if saved.get(key, value) == value:
-        saved.pop(key, None)
-    if saved != json.loads(cfg_json):
-      raise ValueError(f"{paths.workdir} holds a run with a different config; use a fresh --workdir")
-  else:
-    cio.write_json(path, json.loads(cfg_json))
+def empty_inputs(ctx: Context) -> list[str]:
+  """The input files that held no record (counted as `files` removed `empty`)."""
+  p = ctx.paths
+  return [s.path for s in ctx.shards
+          if cio.read_json(p.shard_file(p.filtered, s.key, "stats")).get("files", {})
+          .get("removed", {}).get("empty")]
 
 
-def collect_stats(paths: Paths, keys: list[str], cfg) -> dict:
+def collect_stats(ctx: Context) -> dict:
+  paths, keys = ctx.paths, ctx.shard_keys
   parts = [cio.read_json(paths.shard_file(paths.filtered, k, "stats")) for k in keys]
   parts.append(cio.read_json(os.path.join(paths.dedup, "stats.json")))
   parts += [cio.read_json(paths.shard_file(paths.output, k, "stats")) for k in keys]
   st = cstats.merge(parts)
-  if cfg.quality.enabled and "quality" in st:
+  if ctx.cfg("write").quality.enabled and "quality" in st:
     meta = cio.read_json(os.path.join(paths.quality, "threshold.json"))
     st["quality"]["seconds"] += meta["seconds"]
   return st
