@@ -23,7 +23,7 @@ _MODULES = (
     "models.mlp",
     "models.cnn",
     "models.sparse_mlp",
-    "models.algebraic",
+    "models.algebraic_nets",
     "models.genqot",
 )
 

@@ -6,7 +6,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from data_pipelines import algebraic as data
+from data_pipelines import algebraic_tasks as data
 
 
 def _check_group_axioms(test, group):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from data_pipelines import algebraic as data
+from data_pipelines import algebraic_tasks as data
 from experiments.margins import margins_config
 from experiments.margins import margins_runner as runner
 from framework import config as config_lib
@@ -20,7 +20,7 @@ from framework import mesh as mesh_lib
 from framework import optim
 from framework import train_state as train_state_lib
 from framework import train_step as train_step_lib
-from models import algebraic as models
+from models import algebraic_nets as models
 from models import registry
 
 
@@ -74,7 +74,7 @@ class CrossEntropyTest(absltest.TestCase):
 
 
 class ObjectiveContractTest(parameterized.TestCase):
-  """models.algebraic meets models.contract: sums, count, logical axes, the step."""
+  """models.algebraic_nets meets models.contract: sums, count, logical axes, the step."""
 
   def _net_and_batch(self, log_objective):
     net = registry.build(dict(name="two_input_net", vocab_size=5, num_classes=5, width=6,

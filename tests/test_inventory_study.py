@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import inventory as inv_data
-from experiments.inventory import config as config_file
+from experiments.inventory import inventory_config as config_file
 from experiments.inventory import inventory_runner as runner
 from experiments.inventory import policies
 from experiments.inventory import policy_objective as po
@@ -177,7 +177,7 @@ class RunnerTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as workdir:
       proc = subprocess.run(
           [sys.executable, "-m", "experiments.launch",
-           "--config=experiments/inventory/config.py:tiny", f"--workdir={workdir}"],
+           "--config=experiments/inventory/inventory_config.py:tiny", f"--workdir={workdir}"],
           cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
       self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
       for name in ("report.md", "metrics.jsonl", "backtest_rewards.png",

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from data_pipelines import batching
-from experiments.kronecker import config as study_config
+from experiments.kronecker import kronecker_config as study_config
 from experiments.kronecker import kronecker_analysis as ka
 from experiments.kronecker import kronecker_data
 from experiments.kronecker import kronecker_fits as kf

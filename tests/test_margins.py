@@ -6,11 +6,11 @@ from absl.testing import parameterized
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import algebraic as data
+from data_pipelines import algebraic_tasks as data
 from experiments.margins import fourier
 from experiments.margins import group_reps
 from experiments.margins import margins
-from models import algebraic as models
+from models import algebraic_nets as models
 
 
 def _np_two_input(params, inputs, act=lambda z: z ** 2):

@@ -40,7 +40,7 @@ import numpy as np
 
 from data_pipelines import batching
 from experiments.inventory import arrival_eval
-from experiments.inventory import config as config_file
+from experiments.inventory import inventory_config as config_file
 from experiments.inventory import history
 from experiments.inventory import inventory_plots
 from experiments.inventory import inventory_report

@@ -17,7 +17,7 @@ shortcut/<layer>/<labels>/b<B>/<metric>, eval/*), kronecker_metrics.json
 (everything, nested), figure1.png, shortcuts.png, report.md and summary.json
 (`kronecker_report`).
 
-  python -m experiments.launch --config=experiments/kronecker/config.py:tiny \
+  python -m experiments.launch --config=experiments/kronecker/kronecker_config.py:tiny \
       --workdir=/tmp/kron_tiny
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import batching
-from experiments.kronecker import config as study_config
+from experiments.kronecker import kronecker_config as study_config
 from experiments.kronecker import kronecker_data
 from experiments.kronecker import kronecker_report
 from experiments.kronecker import measurements

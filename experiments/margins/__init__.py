@@ -1,7 +1,7 @@
 """Margin maximisation on algebraic tasks (Morwani et al., ICLR 2024).
 
 "Feature emergence via margin maximization: case studies in algebraic tasks":
-one-hidden-layer bias-free networks (`models.algebraic`) trained with a
+one-hidden-layer bias-free networks (`models.algebraic_nets`) trained with a
 vanishing L_{2,nu} penalty reach the maximum normalised margin, and the
 max-margin theory predicts their features.
 

@@ -1,6 +1,6 @@
 """The study's tasks and the feature statistics the max-margin theory predicts.
 
-`build_task(config)`: the dataset (`data_pipelines.algebraic`), the model
+`build_task(config)`: the dataset (`data_pipelines.algebraic_tasks`), the model
 (`models.registry`, from config.model), the theoretical max margin gamma*
 (`margins`; only for the polynomial nets the theory covers: z^2 on two-input
 tasks, z^k on (n, k)-parity) and the group or parity support.
@@ -25,11 +25,11 @@ from typing import Any, Dict, NamedTuple, Optional
 import ml_collections
 import numpy as np
 
-from data_pipelines import algebraic as data
+from data_pipelines import algebraic_tasks as data
 from experiments.margins import fourier
 from experiments.margins import group_reps
 from experiments.margins import margins as margin_lib
-from models import algebraic as models
+from models import algebraic_nets as models
 from models import registry
 
 TASKS = ("modular_addition", "parity", "group")

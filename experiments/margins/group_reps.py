@@ -28,7 +28,7 @@ from typing import List, NamedTuple, Sequence
 
 import numpy as np
 
-from data_pipelines.algebraic import FiniteGroup
+from data_pipelines.algebraic_tasks import FiniteGroup
 
 
 class RealIrrep(NamedTuple):

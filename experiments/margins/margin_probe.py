@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import algebraic
+from models import algebraic_nets
 
 PREFIX = "margin/"
 
@@ -30,10 +30,10 @@ PREFIX = "margin/"
 @functools.partial(jax.jit, static_argnums=0)
 def _measure(model, params, inputs, labels):
   logits = model.apply(params, inputs)
-  marg = algebraic.margins(logits, labels)
-  norm_pow = algebraic.l2nu_penalty(params, model.homogeneity)
+  marg = algebraic_nets.margins(logits, labels)
+  norm_pow = algebraic_nets.l2nu_penalty(params, model.homogeneity)
   return {
-      "ce": jnp.mean(algebraic.cross_entropy(logits, labels)),
+      "ce": jnp.mean(algebraic_nets.cross_entropy(logits, labels)),
       "num_correct": jnp.sum(marg > 0),
       "min_margin": jnp.min(marg),
       "norm_pow": norm_pow,

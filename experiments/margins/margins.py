@@ -64,14 +64,14 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
-from data_pipelines.algebraic import FiniteGroup
+from data_pipelines.algebraic_tasks import FiniteGroup
 from experiments.margins import group_reps
-from models import algebraic
+from models import algebraic_nets
 
 # Per-example f[y] - max_{y' != y} f[y'], (N,) (the models' accuracy uses it).
-margins = algebraic.margins
+margins = algebraic_nets.margins
 # ||theta||_{2,nu}^nu = sum_i ||theta_i||_2^nu (neuron axis first).
-l2nu_norm_pow = algebraic.l2nu_penalty
+l2nu_norm_pow = algebraic_nets.l2nu_penalty
 
 
 def normalized_margin(model, params, inputs, labels):

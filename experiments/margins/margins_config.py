@@ -35,7 +35,7 @@ otherwise minibatches of that size.
 """
 import ml_collections
 
-from data_pipelines import algebraic as data
+from data_pipelines import algebraic_tasks as data
 from framework import sharding
 
 VARIANTS = ("p11", "p71", "s3", "s4", "parity_10_4")
@@ -58,7 +58,7 @@ def _base(total_steps: int, model: dict) -> ml_collections.ConfigDict:
       group=dict(family="symmetric", n=3),     # cyclic | dihedral | symmetric | alternating
       batch_size=0,               # 0: full batch
   ))
-  # `name` picks the model from `models.registry` (models/algebraic.py); the
+  # `name` picks the model from `models.registry` (models/algebraic_nets.py); the
   # other keys are its fields, the L_{2,nu}-penalised objective's included.
   c.model = ml_collections.ConfigDict(dict(model, **_OBJECTIVE, schedule_steps=steps))
 

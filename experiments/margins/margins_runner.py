@@ -1,7 +1,7 @@
 """Runner: margin maximisation on algebraic tasks (Morwani et al., ICLR 2024).
 
 `run(config, workdir) -> dict` trains the paper's one-hidden-layer bias-free
-networks (`models.algebraic`, from config.model) on a complete algebraic
+networks (`models.algebraic_nets`, from config.model) on a complete algebraic
 dataset (modular addition, sparse parity or finite-group composition) with
 
     L_t(theta) = mean_{(x,y)} CE(f(theta; x), y) + lambda_t ||theta||_{2,nu}^nu

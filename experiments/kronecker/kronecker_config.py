@@ -1,6 +1,6 @@
 """Kronecker study configs (Morwani et al. 2024, Figure 1 at laptop scale).
 
-  python -m experiments.launch --config=experiments/kronecker/config.py:mlp \
+  python -m experiments.launch --config=experiments/kronecker/kronecker_config.py:mlp \
       --workdir=runs/kron_mlp
 
 Variants (`get_config(arg)`):
