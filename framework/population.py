@@ -185,9 +185,9 @@ class PoolData:
     self.batch_size = int(batch_size)
     self.gens = [np.random.default_rng([int(v) for v in np.atleast_1d(s)]) for s in seeds]
     replicated = NamedSharding(mesh, P())
-    self.pools = jax.device_put({k: jnp.asarray(v) for k, v in pools.items()}, replicated)
+    self.pools = jax.device_put({k: np.asarray(v) for k, v in pools.items()}, replicated)
     self.eval_pools = None if eval_pools is None else jax.device_put(
-        {k: jnp.asarray(v) for k, v in eval_pools.items()}, replicated)
+        {k: np.asarray(v) for k, v in eval_pools.items()}, replicated)
     by_member = NamedSharding(mesh, P(MEMBER_AXES))
     self._gather = jax.jit(lambda pools, p, i: {k: v[p[:, None, None], i]
                                                 for k, v in pools.items()},
@@ -279,7 +279,7 @@ class _Run:
     self.count = members
     self.size = _round_up(members, pop.shards)
     self.ids = np.concatenate([np.arange(members), np.zeros(self.size - members, int)])
-    self.state = pop.place(take(state, self.ids))
+    self.state = pop.place(take(jax.device_get(state), self.ids))  # padded on the host
     self.reached = np.zeros(members, bool)
     self.reached_step = np.full(members, -1)
     self.steps_run = np.zeros(members, int)
@@ -330,7 +330,7 @@ class _Run:
       self.reached_step[ids[won]] = step
       done = done | won
     if self.keep_params and done.any():
-      got = jax.device_get(take(info.state.params, np.flatnonzero(done)))
+      got = take(jax.device_get(info.state.params), np.flatnonzero(done))
       if self.params is None:
         self.params = jax.tree.map(lambda a: np.zeros((members,) + a.shape[1:], a.dtype), got)
       self.params = jax.tree.map(lambda all_, a: _put_rows(all_, ids[done], a), self.params,
@@ -431,9 +431,9 @@ class Population:
                        {k: v[0] for k, v in values.items()})
     with self._ctx():
       if params is None:
-        state = self._init_seeds(jnp.asarray(seeds))
+        state = self._init_seeds(np.asarray(seeds, np.int32))
       else:
-        state = self._init_params(jnp.asarray(seeds), jax.tree.map(jnp.asarray, params))
+        state = self._init_params(np.asarray(seeds, np.int32), params)
     if values:
       state = state.replace(opt_state=_set_hyperparams(state.opt_state, values))
     return state
@@ -447,7 +447,7 @@ class Population:
     return jax.device_put(state, self.state_shardings)
 
   def take(self, state: TrainState, order: np.ndarray) -> TrainState:
-    return self._take(state, jnp.asarray(order, jnp.int32))
+    return self._take(state, np.asarray(order, np.int32))
 
   # -- steps --------------------------------------------------------------
 
@@ -512,7 +512,7 @@ class Population:
     result = loop.run()
     if keep_params and run.count:  # members still live at the end (stopped early)
       ids = run.ids[:run.count]
-      got = jax.device_get(take(result.state.params, np.arange(run.count)))
+      got = take(jax.device_get(result.state.params), np.arange(run.count))
       if run.params is None:
         run.params = jax.tree.map(lambda a: np.zeros((members,) + a.shape[1:], a.dtype), got)
       run.params = jax.tree.map(lambda all_, a: _put_rows(all_, ids, a), run.params, got)

@@ -57,12 +57,22 @@ def _config(seed: int, lr: float, steps: int, steps_per_call: int):
   return c
 
 
-def _population(model, mesh, steps_per_call, lr=0.1):
-  opt = _optimizer()
-  tx = population.inject(lambda learning_rate: optim.make_optimizer(opt, learning_rate),
-                         learning_rate=lr)
-  example = {k: v[:BATCH] for k, v in _data(0).items()}
-  return population.Population(model, tx, mesh, example, steps_per_call=steps_per_call)
+_CACHE = {}
+
+
+def _population(name, mesh_shape, steps_per_call):
+  """One population per (model, mesh, steps per call), shared by the tests (one
+  compilation per population size); members differ in lr via hparams."""
+  key = (name, tuple(sorted(mesh_shape.items())), steps_per_call)
+  if key not in _CACHE:
+    opt = _optimizer()
+    tx = population.inject(lambda learning_rate: optim.make_optimizer(opt, learning_rate),
+                           learning_rate=0.1)
+    example = {k: v[:BATCH] for k, v in _data(0).items()}
+    _CACHE[key] = population.Population(registry.build(MODELS[name]), tx,
+                                        mesh_lib.create_mesh(mesh_shape), example,
+                                        steps_per_call=steps_per_call)
+  return _CACHE[key]
 
 
 def _assert_trees_close(test, a, b, **tol):
@@ -77,10 +87,9 @@ class PopulationTest(parameterized.TestCase):
   @parameterized.parameters(*sorted(MODELS))
   def test_members_equal_single_trainer_runs(self, name):
     """Seeds, learning rates and data differ per member; 8 devices vs 1 each."""
-    model = registry.build(MODELS[name])
     seeds, lrs, steps, k = [3, 11], [0.05, 0.2], 20, 5
-    mesh = mesh_lib.create_mesh({"data": 4, "fsdp": 2})
-    pop = _population(model, mesh, k)
+    pop = _population(name, {"data": 4, "fsdp": 2}, k)
+    model = pop.model
     state = pop.init(seeds=seeds, hparams={"learning_rate": lrs})
     data = population.IteratorData([batching.BatchIterator(_data(j), BATCH, seed=j)
                                     for j in range(2)])
@@ -104,11 +113,10 @@ class PopulationTest(parameterized.TestCase):
 
   def test_dropping_members_and_rebucketing_match_plain_steps(self):
     """Members leave at their budgets; the population shrinks 16 -> 8 slots."""
-    model = registry.build(MODELS["sparse_mlp"])
-    members, k = 9, 10
+    members, k = 9, 5
     budgets = np.array([10, 20, 30, 40, 50, 60, 60, 60, 10])
-    mesh = mesh_lib.create_mesh({"data": 8})
-    pop = _population(model, mesh, k)
+    pop = _population("sparse_mlp", {"data": 8}, k)
+    model = pop.model
     state = pop.init(seeds=np.arange(members))
     state = jax.device_get(state)  # train donates its copy
     data = population.IteratorData(
@@ -116,8 +124,8 @@ class PopulationTest(parameterized.TestCase):
         eval_sets=[_data(j) for j in range(members)])
     sizes = []
     res = pop.train(state, data.train_batches, total_steps=60, budgets=budgets,
-                    eval_batches=data.eval_batches, keep_params=True,
-                    hooks=[(lambda info: sizes.append(len(info.state.step)), k)])
+                    eval_every=10, eval_batches=data.eval_batches, keep_params=True,
+                    hooks=[(lambda info: sizes.append(len(info.state.step)), 10)])
     self.assertEqual(sorted(set(sizes), reverse=True), [16, 8])
     self.assertEqual(res.stop_reason, "every member finished")
     np.testing.assert_array_equal(res.steps_run, budgets)
@@ -145,14 +153,13 @@ class PopulationTest(parameterized.TestCase):
 
   def test_target_drops_members_and_records_the_step(self):
     """A member leaves at the first evaluation where its metric reached the target."""
-    model = registry.build(MODELS["sparse_mlp"])
-    mesh = mesh_lib.create_mesh({"data": 8})
-    pop = _population(model, mesh, 5, lr=0.3)
+    pop = _population("sparse_mlp", {"data": 8}, 5)
     members = 4
     data = population.IteratorData(
         [batching.BatchIterator(_data(j), BATCH, seed=j) for j in range(members)],
         eval_sets=[_data(j) for j in range(members)])
-    res = pop.train(pop.init(seeds=np.arange(members)), data.train_batches, total_steps=200,
+    state = pop.init(seeds=np.arange(members), hparams={"learning_rate": [0.3] * members})
+    res = pop.train(state, data.train_batches, total_steps=200,
                     eval_every=10, eval_batches=data.eval_batches,
                     target=("accuracy", 0.9))
     acc = res.history["accuracy"]
@@ -194,11 +201,17 @@ class PopulationTest(parameterized.TestCase):
     plain = population.Population(model, optax.sgd(0.1), mesh, example)
     with self.assertRaisesRegex(ValueError, "inject"):
       plain.init(seeds=[0, 1], hparams={"learning_rate": [0.1, 0.2]})
-    pop = _population(model, mesh, 1)
+    pop = _population("sparse_mlp", {"data": 8}, 5)
     with self.assertRaisesRegex(ValueError, "shape"):
-      pop.init(seeds=[0, 1], hparams={"learning_rate": [0.1]})
-    state = pop.init(seeds=[0, 1], hparams={"learning_rate": [0.1, 0.2]})
-    np.testing.assert_allclose(state.opt_state.hyperparams["learning_rate"], [0.1, 0.2])
+      pop.init(seeds=[0, 1, 2, 3], hparams={"learning_rate": [0.1]})
+    with self.assertRaisesRegex(ValueError, "momentum"):
+      pop.init(seeds=[0, 1, 2, 3], hparams={"momentum": [0.1] * 4})
+    lrs = [0.1, 0.2, 0.3, 0.4]
+    state = pop.init(seeds=[0, 1, 2, 3], hparams={"learning_rate": lrs})
+    np.testing.assert_allclose(state.opt_state.hyperparams["learning_rate"], lrs, rtol=1e-6)
+    # Seeds give the members distinct initial parameters.
+    w = np.asarray(state.params["w"])
+    self.assertFalse(np.allclose(w[0], w[1]))
 
   def test_bucket_and_member_rules(self):
     self.assertEqual([population.bucket(c, 8) for c in (1, 8, 9, 16, 17)], [8, 8, 16, 16, 32])
