@@ -67,6 +67,8 @@ CASES: dict[str, tuple[dict[str, Any], Callable]] = {
                       _pairs_batch),
     "parity_net": (dict(input_dim=6, width=4, degree=2, log_objective=False), _signs_batch),
     "genqot": (dict(num_lags=4, hidden=8), _orders_batch),
+    "sparse_mlp": (dict(width=8, sparsity=2, num_outputs=3, loss="xent"),
+                   _classifier_batch((5,))),
 }
 
 
