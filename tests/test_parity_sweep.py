@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from data_pipelines import parity
-from experiments.parity import config as config_lib
+from experiments.parity import parity_config as config_lib
 from experiments.parity import frontier_plots as plots
 from experiments.parity import parity_runner as runner
 from experiments.parity import parity_sweep as ps

@@ -7,7 +7,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from experiments.parity import config as config_lib
+from experiments.parity import parity_config as config_lib
 from experiments.parity import parity_runner as runner
 from experiments.parity import parity_sweep as ps
 from experiments.parity import tabular

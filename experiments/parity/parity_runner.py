@@ -2,7 +2,7 @@
 
 "Pareto Frontiers in Neural Feature Learning: Data, Compute, Width, and Luck".
 `run(config, workdir) -> dict` runs one of three experiments (config.experiment;
-configs in `experiments/parity/config.py`):
+configs in `experiments/parity/parity_config.py`):
 
 * "frontier": the (n, k) offline sparse parity grid over training samples m x
   width r x init (dense or s-sparse) x seeds. Every cell reports P(success)
@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import parity
-from experiments.parity import config as config_lib
+from experiments.parity import parity_config as config_lib
 from experiments.parity import frontier_plots as plots
 from experiments.parity import parity_analysis as analysis
 from experiments.parity import parity_sweep as ps

@@ -1,6 +1,6 @@
 """Sparse parity study (Edelman et al., NeurIPS 2023): one config, variants by argument.
 
-  python -m experiments.launch --config=experiments/parity/config.py:small --workdir=/tmp/x
+  python -m experiments.launch --config=experiments/parity/parity_config.py:small --workdir=/tmp/x
 
 Variants (`get_config(arg)`):
   frontier  (default) the (50, 3) offline sparse parity grid: widths
