@@ -247,7 +247,8 @@ class Runner:
     model_path = stages.quality_model_path(ctx)
     sizes = {k: _size(paths.shard_file(paths.filtered, k, "docs")) for k in keys}
     progress = cstats.Progress("quality", len(keys), sum(sizes.values()))
-    tasks = [(k, sizes[k], _score_task, (ctx, k, stages.of_shard(decisions, k), model_path, c.label))
+    decisions = stages.by_shard(decisions)
+    tasks = [(k, sizes[k], _score_task, (ctx, k, decisions.get(k, {}), model_path, c.label))
              for k in keys]
     results = dict(self._run("quality", tasks, progress))
     scored = [s for k in keys for s in results[k]["scored"]]
@@ -263,8 +264,9 @@ class Runner:
     scores, qmeta = stages.load_scores(paths) if quality_on else (None, None)
     sizes = {k: _size(paths.shard_file(paths.filtered, k, "docs")) for k in todo}
     progress = cstats.Progress("write", len(todo), sum(sizes.values()))
-    tasks = [(k, sizes[k], _write_task, (ctx, k, stages.of_shard(decisions, k),
-                                         stages.of_shard(scores, k) if scores is not None else None,
+    decisions, shard_scores = stages.by_shard(decisions), stages.by_shard(scores)
+    tasks = [(k, sizes[k], _write_task, (ctx, k, decisions.get(k, {}),
+                                         shard_scores.get(k, {}) if scores is not None else None,
                                          qmeta))
              for k in todo]
     for _ in self._run("write", tasks, progress):

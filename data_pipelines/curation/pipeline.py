@@ -68,17 +68,19 @@ def run(cfg, workdir: str, runner: str = "inprocess", beam_args: Optional[list[s
   stages.prepare_workdir(ctx, cfg_json)
   t_start = time.perf_counter()
   todo = stages.plan(ctx)
+  stage_wall: dict[str, float] = {}
   if not todo.empty:
     worker = make_runner(runner, ctx, beam_args)
+    steps = [("filter", todo.filter, lambda: worker.filter(todo.filter)),
+             ("dedup", todo.dedup, worker.dedup),
+             ("quality", todo.quality, worker.quality),
+             ("write", todo.write, lambda: worker.write(todo.write))]
     try:
-      if todo.filter:
-        worker.filter(todo.filter)
-      if todo.dedup:
-        worker.dedup()
-      if todo.quality:
-        worker.quality()
-      if todo.write:
-        worker.write(todo.write)
+      for name, needed, do in steps:
+        if needed:
+          t0 = time.perf_counter()
+          do()
+          stage_wall[name] = round(time.perf_counter() - t0, 3)
     finally:
       worker.close()
   st = stages.collect_stats(ctx)
@@ -86,7 +88,7 @@ def run(cfg, workdir: str, runner: str = "inprocess", beam_args: Optional[list[s
   wall = time.perf_counter() - t_start
   summary = {"stats": st, "shards": len(keys), "runner": runner,
              "workers": ctx.workers if runner == "inprocess" else None,
-             "wall_seconds": wall,
+             "wall_seconds": wall, "stage_wall_seconds": stage_wall,
              "docs_in": st.get("read", {}).get("in", 0),
              "docs_out": sum(cio.read_json(paths.shard_file(paths.output, k, "stats")).get("write", {}).get("out", 0)
                              for k in keys),

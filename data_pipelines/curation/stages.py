@@ -575,10 +575,12 @@ def load_decisions(paths: Paths) -> dict[str, dict]:
   return {r["order"]: r for r in cio.read_rows(os.path.join(paths.dedup, "decisions.jsonl.zst"))}
 
 
-def of_shard(rows: dict[str, Any], key: str) -> dict[str, Any]:
-  """The entries of an {order: ...} dict that belong to shard `key`."""
-  prefix = key + "/"
-  return {o: v for o, v in rows.items() if o.startswith(prefix)}
+def by_shard(rows: Optional[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+  """{shard key: its entries} of an {order: ...} dict (order = "<shard>/<index>")."""
+  out: dict[str, dict[str, Any]] = {}
+  for order, value in (rows or {}).items():
+    out.setdefault(order.rpartition("/")[0], {})[order] = value
+  return out
 
 
 def deduped_docs(paths: Paths, key: str, decisions: dict[str, dict]) -> Iterator[dict]:
