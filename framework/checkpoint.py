@@ -14,10 +14,11 @@ Fingerprint of an array x. View its elements as unsigned integers of their
 width (8, 16 or 32 bits; 64-bit elements as two 32-bit words, complex ones as
 their real and imaginary parts) widened to uint32, u_i, with i the row-major
 index. With all arithmetic mod 2^32,
-  F1(x) = sum_i u_i (2i + 1),        F2(x) = sum_i u_i^2 h(i),
-h(i) an odd integer hash of i. Guarantee: a change to ONE element (any of its
-bytes) always changes F1, because (u_i' - u_i) != 0 mod 2^32 and 2i + 1 is odd,
-hence invertible mod 2^32. Sums mod 2^32 are exact and do not depend on the
+  F1(x) = sum_i u_i (2i + 1),        F2(x) = sum_i m(u_i) h(i),
+m a bijective mixing of 32-bit words (murmur3's finalizer) and h(i) an odd
+integer hash of i. Guarantee: a change to ONE element (any of its bytes)
+always changes F1 and F2, because u_i' - u_i and m(u_i') - m(u_i) are nonzero
+mod 2^32 while 2i + 1 and h(i) are odd, hence invertible mod 2^32. Sums mod 2^32 are exact and do not depend on the
 order of addition, so F1 and F2 are computed under jit on the devices, on the
 arrays as sharded (no host copy; any mesh, any number of hosts) and are the
 same for every sharding. Changes to several elements are missed only when
@@ -46,6 +47,7 @@ resumed run can write those steps again. If steps exist but none verifies,
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -116,6 +118,8 @@ _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}
 
 def _words(x: jax.Array) -> jax.Array:
   """x's elements as unsigned words widened to uint32 (64-bit: a trailing axis of 2)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
   dtype = jnp.dtype(x.dtype)
   if dtype == jnp.bool_:
     return x.astype(jnp.uint32)
@@ -141,8 +145,15 @@ def _fingerprint(x: jax.Array) -> jax.Array:
   h = index * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)
   h = (h ^ (h >> 15)) * jnp.uint32(0x85EBCA6B)
   h = (h ^ (h >> 13)) | jnp.uint32(1)
-  f2 = jnp.sum(u * u * h, dtype=jnp.uint32)
+  f2 = jnp.sum(_mix(u) * h, dtype=jnp.uint32)
   return jnp.stack([f1, f2])
+
+
+def _mix(u: jax.Array) -> jax.Array:
+  """murmur3's 32-bit finalizer: a bijection of uint32 (xor-shifts and odd multipliers)."""
+  u = (u ^ (u >> 16)) * jnp.uint32(0x85EBCA6B)
+  u = (u ^ (u >> 13)) * jnp.uint32(0xC2B2AE35)
+  return u ^ (u >> 16)
 
 
 _fingerprint_all = jax.jit(lambda leaves: [_fingerprint(x) for x in leaves])
@@ -281,9 +292,13 @@ class Checkpointer:
 
   def _save_error(self, step: int, error: Optional[BaseException]) -> CheckpointSaveError:
     cause = _one_line(error if error is not None else "the write did not complete "
-                      "(see the orbax error above)")
+                      "(see the orbax error above)", 200)
     if isinstance(error, OSError) and error.strerror:
       cause = f"[Errno {error.errno}] {error.strerror}"
+    elif error is not None:
+      code = _os_error_in(str(error))
+      if code is not None:  # tensorstore names it deep inside a long message
+        cause = f"[Errno {code}] {os.strerror(code)}: {cause}"
     message = (f"checkpoint: saving step {step} to {self._step_dir(step)} failed: {cause}; "
                f"{files.free_space(self.directory)}")
     logging.error("%s", message)
@@ -484,8 +499,22 @@ class Checkpointer:
         rel = os.path.relpath(full, step_dir)
         if rel != FILE_DIGESTS and not name.startswith("."):
           digests[rel] = _file_digest(full)
-    files.write_text(os.path.join(step_dir, FILE_DIGESTS),
-                     json.dumps(digests, indent=1, sort_keys=True))
+    try:
+      files.write_text(os.path.join(step_dir, FILE_DIGESTS),
+                       json.dumps(digests, indent=1, sort_keys=True))
+    except OSError as e:  # e.g. restoring from read-only storage: the checksums still held
+      logging.warning("checkpoint: could not record file digests: %s", e)
+
+
+def _os_error_in(message: str) -> Optional[int]:
+  """The errno an orbax/tensorstore error message reports, if any."""
+  match = re.search(r"os_error_code='?(\d+)", message) or re.search(r"\[Errno (\d+)\]", message)
+  if match:
+    return int(match.group(1))
+  for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+    if os.strerror(code) in message:
+      return code
+  return None
 
 
 def _file_named_in(message: str, step_dir: str) -> Optional[str]:

@@ -98,7 +98,10 @@ def _np_fingerprint(x: np.ndarray) -> str:
   h = (i * np.uint64(0x9E3779B1) + np.uint64(0x7F4A7C15)) % m
   h = ((h ^ (h >> np.uint64(15))) * np.uint64(0x85EBCA6B)) % m
   h = (h ^ (h >> np.uint64(13))) | np.uint64(1)
-  f2 = int(np.sum((((u * u) % m) * h) % m) % m)
+  mixed = ((u ^ (u >> np.uint64(16))) * np.uint64(0x85EBCA6B)) % m
+  mixed = ((mixed ^ (mixed >> np.uint64(13))) * np.uint64(0xC2B2AE35)) % m
+  mixed = mixed ^ (mixed >> np.uint64(16))
+  f2 = int(np.sum((mixed * h) % m) % m)
   return "%08x%08x" % (f1, f2)
 
 
@@ -119,7 +122,9 @@ class FingerprintTest(parameterized.TestCase):
         flipped = bytearray(raw)
         flipped[b] ^= mask
         y = np.frombuffer(bytes(flipped), dtype=x.dtype).reshape(x.shape)
-        self.assertNotEqual(_fp(y), _fp(x), f"byte {b} ^ {mask:#x} went unnoticed")
+        fx, fy = _fp(x), _fp(y)
+        self.assertNotEqual(fy[:8], fx[:8], f"F1: byte {b} ^ {mask:#x} went unnoticed")
+        self.assertNotEqual(fy[8:], fx[8:], f"F2: byte {b} ^ {mask:#x} went unnoticed")
 
   def test_bool(self):
     x = np.zeros((3, 4), bool)
