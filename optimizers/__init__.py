@@ -19,10 +19,11 @@ from optimizers.soap import SoapLeafState
 from optimizers.soap import SoapState
 from optimizers.soap import scale_by_soap
 from optimizers.soap import soap
+from optimizers.weight_decay import decoupled_weight_decay
 
 __all__ = [
     "kronecker", "shampoo", "scale_by_shampoo", "ShampooState",
     "ShampooLeafState", "embedding_filter", "soap", "scale_by_soap",
     "SoapState", "SoapLeafState", "SHAMPOO_STATIC_ARGS", "SOAP_STATIC_ARGS",
-    "normalized_sgd", "scale_by_global_norm",
+    "normalized_sgd", "scale_by_global_norm", "decoupled_weight_decay",
 ]

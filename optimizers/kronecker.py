@@ -299,9 +299,12 @@ def normalise_factor(f: jax.Array) -> jax.Array:
 
 
 def ema(old: jax.Array, new: jax.Array, decay) -> jax.Array:
-  """decay * old + (1 - decay) * new; decay == 1 means a running sum."""
+  """decay * old + (1 - decay) * new in old's dtype; decay == 1: a running sum.
+
+  decay may be a traced (injected) array, float64 under jax_enable_x64.
+  """
   w = jnp.where(jnp.asarray(decay) == 1.0, 1.0, 1.0 - jnp.asarray(decay))
-  return decay * old + w * new
+  return (decay * old + w * new).astype(old.dtype)
 
 
 # ----------------------------------------------------------------------------

@@ -17,15 +17,15 @@ Usage:
 
   tx = normalized_sgd(optax.cosine_decay_schedule(0.1, 1000))
 """
-from __future__ import annotations
-
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
+from optimizers.weight_decay import decoupled_weight_decay
+
+ScalarOrSchedule = optax.ScalarOrSchedule
 
 
 def global_norm_f32(tree: Any) -> jax.Array:
@@ -67,8 +67,7 @@ def normalized_sgd(
     weight_decay_mask: which parameters decay (as `optax.add_decayed_weights`).
     eps: see `scale_by_global_norm`.
   """
-  parts = [scale_by_global_norm(eps)]
-  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-    parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
+  parts = [scale_by_global_norm(eps),
+           decoupled_weight_decay(weight_decay, weight_decay_mask)]
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)

@@ -78,17 +78,17 @@ roots replicated on their mesh. Jit the update with
 `out_shardings=(param_shardings, jax.tree.map(lambda x: x.sharding, state))`
 so the state keeps exactly these shardings (and the step compiles once).
 """
-from __future__ import annotations
-
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optimizers import kronecker as kr
+from optimizers.weight_decay import decoupled_weight_decay
 
-ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
+ScalarOrSchedule = optax.ScalarOrSchedule
 PreconditionFilter = Callable[[Tuple[Any, ...], Tuple[int, ...]], bool]
 
 GRAFT_TYPES = ("adam", "rmsprop", "adagrad", "sgd", "none")
@@ -98,6 +98,9 @@ GRAFT_TYPES = ("adam", "rmsprop", "adagrad", "sgd", "none")
 # (which otherwise turns every int/float/callable argument into a traced
 # hyperparameter), e.g.
 #   optax.inject_hyperparams(shampoo, static_args=SHAMPOO_STATIC_ARGS)(lr, ...)
+# block_size, merge_dims, max_precond_dim and a float exponent fix the state's
+# shapes and must be static (a clear error otherwise); the frequencies and
+# start_preconditioning_step also work traced (one lax.cond each).
 SHAMPOO_STATIC_ARGS = (
     "exponent", "block_size", "merge_dims", "max_precond_dim",
     "precondition_filter", "start_preconditioning_step",
@@ -144,6 +147,37 @@ def _path_str(path) -> Tuple[Any, ...]:
     else:
       out.append(str(k))
   return tuple(out)
+
+
+def require_static(value, name: str, static_args: str):
+  """Raises a clear error for a structural option given as an array.
+
+  `optax.inject_hyperparams` turns every numeric argument not listed in its
+  static_args into a (traced) array; shapes cannot depend on one.
+  """
+  if isinstance(value, (jax.Array, np.ndarray)):
+    raise ValueError(
+        f"{name} is structural (it fixes the optimizer state's shapes) and must "
+        f"be a Python value, got an array {value!r}; with optax.inject_hyperparams "
+        f"pass static_args=optimizers.{static_args}")
+  return value
+
+
+def is_python_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def equals_one(x):
+  """x == 1 as a Python bool for numbers, a traced bool for (injected) arrays."""
+  if is_python_number(x):
+    return x == 1
+  return jnp.asarray(x) == 1
+
+
+def cast_like(new, old):
+  """`new` with the dtypes of `old` (same tree), e.g. after float64 hyper-
+  parameters (inject_hyperparams under jax_enable_x64) promoted a moment."""
+  return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
 def embedding_filter(names: Sequence[str] = ("embed", "embedding", "wte", "wpe")
@@ -237,7 +271,8 @@ def batched_roots(jobs: List[Tuple[jax.Array, jax.Array, float]], *,
     start = 0
     for i in idx:
       n = jobs[i][0].shape[0]
-      results[i] = (new[start:start + n], jnp.sum(fails[start:start + n]))
+      results[i] = (new[start:start + n],
+                    jnp.sum(fails[start:start + n], dtype=jnp.int32))
       start += n
   return results
 
@@ -273,7 +308,7 @@ def init_leaf(lay: kr.BlockLayout, p, *, needs_nu: bool,
 
 
 def diagonal_direction(lay: kr.BlockLayout, g: jax.Array, nu: jax.Array,
-                       count: jax.Array, *, graft_type: str, b2, eps: float
+                       count: jax.Array, *, graft_type: str, b2, eps
                        ) -> Tuple[jax.Array, jax.Array]:
   """One parameter's diagonal second moment v and direction d (graft, fallback).
 
@@ -283,17 +318,24 @@ def diagonal_direction(lay: kr.BlockLayout, g: jax.Array, nu: jax.Array,
     * graft "rmsprop": the same v, d = g / (sqrt(v) + eps);
     * graft "adagrad", and every case with b2 = 1 (running sums, as for the
       factors): v <- v + g^2, d = g / (sqrt(v) + eps).
+  b2 may be an (injected, traced) array: b2 = 1 then selects the running sums
+  at run time, so the result is the same as for the Python number.
   Returns (v, d).
   """
   preconditioned = not lay.is_diagonal
-  if (graft_type == "adagrad" and preconditioned) or (
-      isinstance(b2, (int, float)) and b2 == 1):
+  running = (graft_type == "adagrad" and preconditioned) or equals_one(b2)
+  if running is True:
     nu = nu + g * g
     return nu, g / (jnp.sqrt(nu) + eps)
-  nu = optax.tree.update_moment_per_elem_norm(g, nu, b2, 2)
+  ema = optax.tree.update_moment_per_elem_norm(g, nu, b2, 2).astype(nu.dtype)
+  nu = ema if running is False else jnp.where(running, nu + g * g, ema)
   if graft_type == "rmsprop" and preconditioned:
     return nu, g / (jnp.sqrt(nu) + eps)
-  return nu, g / (jnp.sqrt(optax.tree.bias_correction(nu, b2, count)) + eps)
+  if running is False:
+    return nu, g / (jnp.sqrt(optax.tree.bias_correction(nu, b2, count)) + eps)
+  safe_b2 = jnp.where(running, 0.5, b2)  # no 0 / 0 in the branch not taken
+  nu_hat = jnp.where(running, nu, optax.tree.bias_correction(nu, safe_b2, count))
+  return nu, g / (jnp.sqrt(nu_hat) + eps)
 
 
 def update_factors(lays: Sequence[kr.BlockLayout], blocks, factors, *,
@@ -465,10 +507,13 @@ def scale_by_shampoo(
     raise ValueError(f"factor_update must be 'shampoo' or 'power', got {factor_update!r}")
   if root_method not in ("eigh", "newton"):
     raise ValueError(f"root_method must be 'eigh' or 'newton', got {root_method!r}")
+  for name, value in (("block_size", block_size), ("merge_dims", merge_dims),
+                      ("max_precond_dim", max_precond_dim), ("exponent", exponent)):
+    require_static(value, name, "SHAMPOO_STATIC_ARGS")
   if root_method == "newton" and not isinstance(exponent, str):
     _newton_p(float(exponent))  # named exponents are all -1/p
   graft_b2 = b2 if graft_b2 is None else graft_b2
-  use_momentum = not (isinstance(b1, (int, float)) and b1 == 0)
+  use_momentum = not (is_python_number(b1) and b1 == 0)
   mu_dtype = jnp.float32 if mu_dtype is None else mu_dtype
   layouts_of = lambda tree: make_layouts(
       tree, block_size=block_size, merge_dims=merge_dims,
@@ -512,7 +557,7 @@ def scale_by_shampoo(
     new_factors = lambda fs: update_factors(lays, blocks, fs,
                                             factor_update=factor_update, b2=b2)
     factors = [st.factors for st in st_list]
-    if statistics_frequency == 1:
+    if is_python_number(statistics_frequency) and statistics_frequency == 1:
       factors = new_factors(factors)
     else:
       factors = jax.lax.cond((count - 1) % statistics_frequency == 0,
@@ -525,10 +570,11 @@ def scale_by_shampoo(
     if any(not lay.is_diagonal for lay in lays):
       due = (count >= start_preconditioning_step) & (
           (count - start_preconditioning_step) % preconditioning_frequency == 0)
-      compute = lambda op: refresh_roots(
-          lays, *op, exponent=exponent, epsilon=epsilon, method=root_method,
-          float64=root_float64, diagnostics=diagnostics)
       keep = lambda op: (list(op[1]), list(op[2]), list(op[3]))
+      # In the state's dtypes whatever the (injected, maybe float64) epsilon.
+      compute = lambda op: cast_like(refresh_roots(
+          lays, *op, exponent=exponent, epsilon=epsilon, method=root_method,
+          float64=root_float64, diagnostics=diagnostics), keep(op))
       roots, fails, diag = jax.lax.cond(due, compute, keep,
                                         (factors, roots, fails, diag))
 
@@ -546,8 +592,8 @@ def scale_by_shampoo(
     outs = [o.astype(g.dtype) for o, g in zip(outs, g_list)]
     leaves = [ShampooLeafState(tuple(f), tuple(r), v, fl, *dg)
               for f, r, v, fl, dg in zip(factors, roots, nu, fails, diag)]
-    return (treedef.unflatten(outs),
-            ShampooState(count, mu, treedef.unflatten(leaves)))
+    new_state = ShampooState(count, mu, treedef.unflatten(leaves))
+    return treedef.unflatten(outs), cast_like(new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -583,8 +629,16 @@ def shampoo(
 
   update = -learning_rate * (scale_by_shampoo direction + weight_decay * param)
 
-  The other arguments are those of `scale_by_shampoo`. learning_rate,
-  weight_decay, b1, b2 can be injected with `optax.inject_hyperparams`.
+  The other arguments are those of `scale_by_shampoo`. The numeric hyper-
+  parameters (learning_rate, weight_decay, b1, b2, graft_b2, epsilon,
+  diag_eps, and the frequencies) can be injected and changed at run time
+  without recompiling:
+    tx = optax.inject_hyperparams(shampoo, static_args=SHAMPOO_STATIC_ARGS)(
+        learning_rate=1e-3, block_size=512)
+    state.hyperparams["learning_rate"] = 5e-4
+  (With bf16 parameters pass hyperparam_dtype=jnp.float32: optax otherwise
+  rounds b2 = 0.999 to 1 in bf16.) The state has the same structure for every
+  weight_decay, including 0 (`optimizers.weight_decay`).
   """
   parts = [scale_by_shampoo(
       b1, b2, epsilon=epsilon, diag_eps=diag_eps, exponent=exponent,
@@ -598,7 +652,6 @@ def shampoo(
       preconditioning_frequency=preconditioning_frequency,
       root_method=root_method, root_float64=root_float64, mu_dtype=mu_dtype,
       diagnostics=diagnostics)]
-  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-    parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
+  parts.append(decoupled_weight_decay(weight_decay, weight_decay_mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)

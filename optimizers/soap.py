@@ -25,8 +25,6 @@ gradient's dtype. In the Kronecker view (see `optimizers.shampoo`), SOAP
 replaces Shampoo's fixed eigenvalues (lambda_L x lambda_R)^{-1/2} by Adam's
 running per-coordinate second moment in the Kronecker eigenbasis.
 """
-from __future__ import annotations
-
 from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
@@ -36,11 +34,16 @@ import optax
 from optimizers import kronecker as kr
 from optimizers.shampoo import PreconditionFilter
 from optimizers.shampoo import ScalarOrSchedule
+from optimizers.shampoo import cast_like
 from optimizers.shampoo import make_layouts
 from optimizers.shampoo import on_mesh_of
+from optimizers.shampoo import require_static
+from optimizers.weight_decay import decoupled_weight_decay
 
 
-# Structural options to pass as `static_args` to `optax.inject_hyperparams`.
+# Structural options to pass as `static_args` to `optax.inject_hyperparams`:
+# block_size, merge_dims and max_precond_dim fix the state's shapes (a clear
+# error when injected); precondition_frequency also works traced.
 SOAP_STATIC_ARGS = (
     "precondition_frequency", "block_size", "merge_dims", "max_precond_dim",
     "precondition_filter", "weight_decay_mask")
@@ -73,8 +76,8 @@ def adam_moments(g: jax.Array, mu: jax.Array, nu: jax.Array, count: jax.Array,
   M <- b1 M + (1 - b1) g,  V <- b2 V + (1 - b2) g^2,
   returns (M, V, (M / (1 - b1^t)) / (sqrt(V / (1 - b2^t)) + eps)).
   """
-  mu = optax.tree.update_moment(g, mu, b1, 1)
-  nu = optax.tree.update_moment_per_elem_norm(g, nu, b2, 2)
+  mu = optax.tree.update_moment(g, mu, b1, 1).astype(mu.dtype)
+  nu = optax.tree.update_moment_per_elem_norm(g, nu, b2, 2).astype(nu.dtype)
   mu_hat = optax.tree.bias_correction(mu, b1, count)
   nu_hat = optax.tree.bias_correction(nu, b2, count)
   return mu, nu, mu_hat / (jnp.sqrt(nu_hat) + eps)
@@ -110,6 +113,9 @@ def scale_by_soap(
   """
   if basis_update not in ("qr", "eigh"):
     raise ValueError(f"basis_update must be 'qr' or 'eigh', got {basis_update!r}")
+  for name, value in (("block_size", block_size), ("merge_dims", merge_dims),
+                      ("max_precond_dim", max_precond_dim)):
+    require_static(value, name, "SOAP_STATIC_ARGS")
   shampoo_b2 = b2 if shampoo_b2 is None else shampoo_b2
   layouts_of = lambda tree: make_layouts(
       tree, block_size=block_size, merge_dims=merge_dims,
@@ -119,9 +125,10 @@ def scale_by_soap(
 
   def init_fn(params):
     def leaf(lay: kr.BlockLayout, p):
+      # Fresh zeros for mu and nu: one shared buffer cannot be donated twice.
       if lay.is_diagonal:
-        z = jnp.zeros_like(p, dtype=jnp.float32)
-        return SoapLeafState((), (), z, z)
+        return SoapLeafState((), (), jnp.zeros_like(p, dtype=jnp.float32),
+                             jnp.zeros_like(p, dtype=jnp.float32))
       n = lay.num_blocks
       factors = tuple(
           on_mesh_of(p, jnp.zeros((n, b, b), jnp.float32)) if pre else None
@@ -130,8 +137,8 @@ def scale_by_soap(
           on_mesh_of(p, jnp.broadcast_to(jnp.eye(b, dtype=jnp.float32),
                                          (n, b, b))) if pre else None
           for b, pre in zip(lay.block_shape, lay.preconditioned))
-      z = on_mesh_of(p, jnp.zeros(lay.stacked_shape, jnp.float32))
-      return SoapLeafState(factors, bases, z, z)
+      zeros = lambda: on_mesh_of(p, jnp.zeros(lay.stacked_shape, jnp.float32))
+      return SoapLeafState(factors, bases, zeros(), zeros())
 
     leaves = jax.tree.map(leaf, layouts_of(params), params, is_leaf=is_lay)
     first = jax.tree.leaves(params)[:1]
@@ -173,8 +180,8 @@ def scale_by_soap(
         leaves[i] = s
 
     outs = [o.astype(g.dtype) for o, g in zip(outs, g_list)]
-    return (treedef.unflatten(outs),
-            SoapState(count, treedef.unflatten(leaves)))
+    new_state = SoapState(count, treedef.unflatten(leaves))
+    return treedef.unflatten(outs), cast_like(new_state, state)
 
   def _refresh(sub, count):
     """New bases from the factors; carries mu to the new basis, permutes nu."""
@@ -204,11 +211,11 @@ def scale_by_soap(
       # eigh the first time (from the identity), orthogonal iteration after.
       def first(_):
         qs = [q for q, _ in by_eigh(None)]
-        return qs, [jnp.broadcast_to(jnp.arange(q.shape[-1]), q.shape[:-1])
-                    for q in qs]
+        return qs, [jnp.broadcast_to(jnp.arange(q.shape[-1], dtype=jnp.int32),
+                                     q.shape[:-1]) for q in qs]
       def later(_):
         r = by_qr(None)
-        return [q for q, _ in r], [o for _, o in r]
+        return [q for q, _ in r], [o.astype(jnp.int32) for _, o in r]
       qs, orders = jax.lax.cond(count == 1, first, later, None)
       res = [(q, o) for q, o in zip(qs, orders)]
 
@@ -250,14 +257,22 @@ def soap(
     precondition_filter: Optional[PreconditionFilter] = None,
     eigh_float64: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  """SOAP with decoupled weight decay and a learning rate (float or schedule)."""
+  """SOAP with decoupled weight decay and a learning rate (float or schedule).
+
+  update = -learning_rate * (scale_by_soap direction + weight_decay * param).
+  The numeric hyper-parameters (learning_rate, weight_decay, b1, b2,
+  shampoo_b2, eps, precondition_frequency) can be injected and changed at run
+  time without recompiling:
+    tx = optax.inject_hyperparams(soap, static_args=SOAP_STATIC_ARGS)(
+        learning_rate=1e-3, block_size=512)
+  The state has the same structure for every weight_decay, including 0.
+  """
   parts = [scale_by_soap(
       b1, b2, shampoo_b2=shampoo_b2, eps=eps,
       precondition_frequency=precondition_frequency, basis_update=basis_update,
       block_size=block_size, merge_dims=merge_dims,
       max_precond_dim=max_precond_dim, precondition_1d=precondition_1d,
       precondition_filter=precondition_filter, eigh_float64=eigh_float64)]
-  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-    parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
+  parts.append(decoupled_weight_decay(weight_decay, weight_decay_mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)
