@@ -108,6 +108,28 @@ class CliTest(absltest.TestCase):
                      r"config\.quality\.enabled=True needs .*config\.quality\.model")
     self.assertFalse(os.path.exists(workdir))
 
+  def test_killed_pool_run_resumes_to_the_same_bytes(self):
+    paths = ",".join([os.path.join(self.data, "crawl", "*.warc.gz"), os.path.join(self.data, "notes.jsonl")])
+    args = [f"--config={CONFIGS}/dclm_baseline.py:no_quality", f"--config.input_paths={paths}",
+            "--config.heuristics.min_words=10", "--config.workers=2"]
+    ref, killed = (self.create_tempdir().full_path for _ in range(2))
+    self.assertEqual(_curate(*args, f"--workdir={ref}").returncode, 0)
+    env = dict(os.environ, ARMILLARY_CURATE_CRASH_AFTER="filter:1")
+    cmd = [sys.executable, "-m", "data_pipelines.curate", *args, f"--workdir={killed}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    self.assertEqual(proc.returncode, 17, proc.stderr[-2000:])
+    self.assertEmpty(os.listdir(os.path.join(killed, "output")) if os.path.isdir(os.path.join(killed, "output"))
+                     else [])
+    proc = _curate(*args, f"--workdir={killed}")
+    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+    redone = cio.read_json(os.path.join(killed, "stats.json"))["redone"]["filter"]
+    self.assertLess(len(redone), 3)   # the shard finished before the kill was kept
+    names = sorted(n for n in os.listdir(os.path.join(ref, "output")) if n.endswith(".jsonl.zst"))
+    self.assertLen(names, 6)
+    for name in names:
+      with open(os.path.join(ref, "output", name), "rb") as a, open(os.path.join(killed, "output", name), "rb") as b:
+        self.assertEqual(a.read(), b.read(), name)
+
   def test_no_inputs_is_named(self):
     proc = _curate(f"--config={CONFIGS}/dclm_baseline.py:no_quality",
                    f"--workdir={self.create_tempdir().full_path}", timeout=120)

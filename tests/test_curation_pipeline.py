@@ -160,9 +160,12 @@ class CurationEndToEndTest(absltest.TestCase):
     cfg = test_corpus.get_config(self.corpus)
     cfg.workers = 1
     workdir = os.path.join(self.tmp, "one_worker")
-    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
       summary = pipeline.run(cfg, workdir, "inprocess")
     self.assertEqual((summary["workers"], self.summary["workers"]), (1, 2))
+    # Progress from inside the first shard, before any shard is done.
+    self.assertRegex(err.getvalue().splitlines()[0], r"^\[curate:filter\] 0/3 shards \| 1 docs ")
     mine, ref = _all_files(workdir), _all_files(self.workdir)
     self.assertEqual(sorted(mine), sorted(ref))
     self.assertGreater(len(ref), 20)

@@ -115,8 +115,10 @@ def _size(path: str) -> int:
 
 
 class Runner:
-  """Runs the stages of one run (see `pipeline.run`) in this process and a
-  pool of ctx.workers - 1 ... ctx.workers processes (created on first use)."""
+  """Runs the stages of one run (see `pipeline.run`): per-shard tasks in a pool
+  of min(ctx.workers, shards) spawned processes, created on first use and kept
+  for every stage (none when ctx.workers == 1 or there is one shard: the tasks
+  then run in this process); the global steps in this process."""
 
   def __init__(self, ctx: stages.Context):
     self.ctx = ctx
