@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from framework import metrics as metrics_lib
 from framework import progress as progress_lib
@@ -55,6 +56,8 @@ class LogMetrics:
     elapsed = time.perf_counter() - self._t0
     steps = info.step - self._last_step
     record = {f"{self.prefix}{k}": v for k, v in host.items() if isinstance(v, float)}
+    if hasattr(info.state, "params"):
+      record[f"{self.prefix}param_norm"] = float(_global_norm(info.state.params))
     record["perf/step_time_s"] = elapsed / max(steps, 1)
     extra = {}
     if self._count is not None:
@@ -70,6 +73,9 @@ class LogMetrics:
       self.progress.count = info.step
       self.progress.update(0, loss=host.get("loss"), **extra)
     self._count, self._t0, self._last_step = None, time.perf_counter(), info.step
+
+
+_global_norm = jax.jit(optax.global_norm)
 
 
 def _count_of(device_metrics) -> Any:

@@ -9,10 +9,11 @@ accumulation over M micro-batches is exactly one big batch:
 Micro-batch m takes rows m, m + M, m + 2M, ... of the global batch, so each
 device already holds its share of every micro-batch (no resharding).
 
-The guard: a step is applied only if the loss, the gradient norm, the update
-norm, the new parameters' norm and every new optimizer-state leaf are finite
-(a NaN learning rate or a corrupt optimizer moment makes a non-finite update
-from finite gradients). Otherwise the old params and optimizer state are
+The guard: a step is applied only if the loss, the gradient norm and the
+update norm are finite (a NaN learning rate or a corrupt optimizer moment makes
+a non-finite update from finite gradients). The check costs two reductions
+and a select folded into the parameter add; the parameter norm is computed
+only on logging steps (`hooks.LogMetrics`). Otherwise the old params and optimizer state are
 kept (the step counter still advances, since the batch was consumed) and the
 step reports `nonfinite=1`; `nan_policy="stop"` makes the loop raise before
 the next step, `"skip"` goes on (up to `trainer.max_consecutive_skips`).
@@ -74,12 +75,6 @@ def compute_grads(model: Any, params: Any, batch: dict[str, jax.Array],
   return grads, sums
 
 
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Every sum divided by the count; the count itself is kept."""
   count = jnp.maximum(contract.count_of(sums), 1.0)
@@ -96,27 +91,36 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
   """
   model = contract.as_model(model)
 
+  def mean_objective(params, batch):
+    sums = model.loss(params, batch)
+    count = jax.lax.stop_gradient(jnp.maximum(contract.count_of(sums), 1.0))
+    return sums["loss"] / count, sums
+
+  mean_grad_fn = jax.grad(mean_objective, has_aux=True)
+
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     if getattr(model, "uses_step", False):
       batch = dict(batch, step=state.step)
-    grad_sums, sums = compute_grads(model, state.params, batch, num_microbatches)
-    count = jnp.maximum(contract.count_of(sums), 1.0)
-    grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grad_sums)
+    if num_microbatches <= 1:
+      # The division by the count is folded into the backward pass.
+      grads, sums = mean_grad_fn(state.params, batch)
+    else:
+      grad_sums, sums = compute_grads(model, state.params, batch, num_microbatches)
+      count = jnp.maximum(contract.count_of(sums), 1.0)
+      grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grad_sums)
     grad_norm = optax.global_norm(grads)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
     metrics = means(sums)
-    # On a skipped step, param_norm is that of the rejected parameters.
-    param_norm = optax.global_norm(new_params)
     finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-              & jnp.isfinite(optax.global_norm(updates)) & jnp.isfinite(param_norm)
-              & _all_finite(new_opt_state))
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+              & jnp.isfinite(optax.global_norm(updates)))
+    # Guard the update itself (fused into the add) and the optimizer state.
+    params = jax.tree.map(lambda p, u: (p + jnp.where(finite, u, 0).astype(p.dtype)
+                                        ).astype(p.dtype), state.params, updates)
+    opt_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_opt_state,
+                             state.opt_state)
     rng, _ = jax.random.split(state.rng)
-    new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
-                           opt_state=keep(new_opt_state, state.opt_state), rng=rng)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     metrics["grad_norm"] = grad_norm
-    metrics["param_norm"] = param_norm
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     if schedule is not None:
       metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
