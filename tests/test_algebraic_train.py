@@ -169,6 +169,22 @@ class ConfigTest(parameterized.TestCase):
     with self.assertRaises(ValueError):
       margins_config.get_config("s5")
 
+  def test_even_p_is_rejected_naming_data_p(self):
+    # The odd-p max margin sqrt(2/27) / (sqrt(p) (p - 1)) is not the max for
+    # even p (p = 16 trained to 1.016 of it): refuse before training.
+    config = margins_config.get_config("p11")
+    config.data.p = 16
+    with self.assertRaisesRegex(config_lib.ConfigError, r"data\.p.*even"):
+      runner.validate(config, 256, _one_device())
+    with tempfile.TemporaryDirectory() as workdir:
+      with self.assertRaisesRegex(config_lib.ConfigError, r"data\.p"):
+        runner.run(config, workdir, mesh=_one_device())
+      self.assertFalse(os.path.exists(os.path.join(workdir, "metrics.jsonl")))
+    with self.assertRaisesRegex(ValueError, "even"):
+      runner.features.margin_lib.max_margin_modular_addition(16)
+    config.model.activation = "relu"  # no max-margin theory used: allowed
+    runner.check_task(config)
+
 
 def _tiny(config, steps, every=None):
   config.trainer.total_steps = steps
@@ -205,6 +221,21 @@ class TrainTest(absltest.TestCase):
     self.assertTrue(summary["all_frequencies_used"])
     self.assertGreater(summary["min_max_power_active"], 0.95)
     self.assertLess(summary["max_phase_error_active"], 0.2)
+
+  def test_rerun_does_not_duplicate_steps(self):
+    config = _tiny(margins_config.get_config("p11"), 50, every=25)
+    config.data.p = 5
+    config.model.width = 8
+    with tempfile.TemporaryDirectory() as workdir:
+      counts = []
+      for _ in range(2):
+        runner.run(config, workdir, mesh=_one_device())
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+          records = [json.loads(line) for line in f]
+        steps = [r["step"] for r in records if "margin/normalized_margin" in r]
+        self.assertEqual(steps, [25, 50])
+        counts.append(len(records))
+      self.assertEqual(counts[0], counts[1])
 
   def test_parity_tiny(self):
     config = _tiny(margins_config.get_config("parity_10_4"), 2000)

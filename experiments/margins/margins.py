@@ -87,6 +87,9 @@ def normalized_margin(model, params, inputs, labels):
 
 def max_margin_modular_addition(p: int) -> float:
   """sqrt(2/27) / (sqrt(p) (p - 1)) for the quadratic net, p odd."""
+  if p % 2 == 0:
+    raise ValueError(f"p={p} is even: sqrt(2/27) / (sqrt(p) (p - 1)) is the max "
+                     "margin for odd p only")
   return math.sqrt(2.0 / 27.0) / (math.sqrt(p) * (p - 1))
 
 

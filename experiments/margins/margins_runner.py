@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any, Dict
 
@@ -41,6 +42,7 @@ from framework import config as config_lib
 from framework import mesh as mesh_lib
 from framework import metrics as metrics_lib
 from framework import trainer
+from models import algebraic_nets
 
 FEATURE_FIGURES = {"modular_addition": "fourier.png", "parity": "parity_support.png",
                    "group": "irreps.png"}
@@ -58,9 +60,27 @@ def trainer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return out
 
 
+def check_task(config: ml_collections.ConfigDict) -> None:
+  """Rejects tasks the theory has no max margin for, naming the field.
+
+  `margins.max_margin_modular_addition` is the odd-p value
+  sqrt(2/27) / (sqrt(p) (p - 1)); for even p the cyclic group has the real
+  one-dimensional irrep a -> (-1)^a as well and that formula is not the
+  maximum (p = 16 trained to 1.016 of it), so even p is refused for the
+  polynomial nets whose margin is reported as a fraction of the max.
+  """
+  if (config.data.task == "modular_addition"
+      and config.model.get("activation") in algebraic_nets.POLYNOMIAL):
+    p = int(config.data.p)
+    config_lib.require(p % 2 == 1, "data.p",
+                       f"{p} is even; the max-margin theory used here "
+                       "(sqrt(2/27) / (sqrt(p) (p - 1))) holds for odd p only")
+
+
 def validate(config: ml_collections.ConfigDict, num_examples: int, mesh=None) -> None:
   """Fails fast, naming the field, before anything compiles."""
   req = config_lib.require
+  check_task(config)
   tc, mc = config.trainer, config.measure
   k = int(tc.steps_per_call)
   req(tc.total_steps > 0, "trainer.total_steps", "must be positive")
@@ -88,6 +108,28 @@ def validate(config: ml_collections.ConfigDict, num_examples: int, mesh=None) ->
   req(config.model.schedule_steps == tc.total_steps, "model.schedule_steps",
       f"{config.model.schedule_steps} must equal trainer.total_steps={tc.total_steps} "
       "(the lambda schedule spans the run)")
+
+
+def will_resume(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Whether the trainer will find a finished checkpoint to resume from."""
+  if not config.checkpoint.enabled:
+    return False
+  directory = os.path.join(workdir, "checkpoints")
+  try:
+    names = os.listdir(directory)
+  except FileNotFoundError:
+    return False
+  return any(n.isdigit() and os.path.isdir(os.path.join(directory, n)) for n in names)
+
+
+def start_fresh_metrics(workdir: str) -> None:
+  """A run that starts at step 0 starts a fresh metrics.jsonl (and TensorBoard
+  log): re-running a workdir must not append a second copy of every step.
+  A resumed run keeps them; the trainer drops the records it will redo."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    os.remove(path)
+  shutil.rmtree(os.path.join(workdir, "tb"), ignore_errors=True)
 
 
 def train_and_probe(config: ml_collections.ConfigDict, task: features.Task, workdir: str,
@@ -128,11 +170,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs) -> Dict
   some of the devices).
   """
   config_lib.check_keys(config, default_config())
+  check_task(config)
   task = features.build_task(config)
   validate(config, len(task.dataset.labels), train_kwargs.get("mesh"))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0 and not will_resume(config, workdir):
+    start_fresh_metrics(workdir)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   try:
     params, history, seconds, result = train_and_probe(config, task, workdir, writer,
