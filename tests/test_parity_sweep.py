@@ -11,6 +11,7 @@ from scipy import stats
 from data_pipelines import parity
 from experiments.parity import parity_config as config_lib
 from experiments.parity import frontier_plots as plots
+from experiments.parity import parity_analysis as analysis
 from experiments.parity import parity_runner as runner
 from experiments.parity import parity_sweep as ps
 from framework import config as framework_config
@@ -174,6 +175,42 @@ class IntervalTest(absltest.TestCase):
     for p in np.linspace(0.01, 0.99, 25):
       cover = stats.binom.pmf(ks, n, p)[(lo <= p) & (p <= hi)].sum()
       self.assertGreaterEqual(cover, 0.95 - 1e-9)
+
+
+class FindingsWordingTest(absltest.TestCase):
+  """Effects are stated only where the Wilson 95% intervals are disjoint."""
+
+  def test_effect_on_constructed_counts(self):
+    self.assertEqual(analysis.effect(1, 4, 0, 4), "not resolved")
+    self.assertEqual(analysis.effect(2, 4, 0, 4), "not resolved")
+    # 4/4: [0.51, 1]; 0/4: [0, 0.49] - disjoint.
+    self.assertEqual(analysis.effect(4, 4, 0, 4), "higher")
+    self.assertEqual(analysis.effect(0, 4, 4, 4), "lower")
+    self.assertEqual(analysis.effect(9, 10, 1, 10), "higher")
+    self.assertEqual(analysis.effect(5, 10, 5, 10), "not resolved")
+    text = analysis.compare_counts("width 8", (1, 4), "width 2", (0, 4))
+    self.assertIn("1/4", text)
+    self.assertIn("not resolved", text)
+
+  def _cells(self, counts):
+    # counts[init][width index] = successes of 4 at the one m.
+    return {(i, w, 100): (k, 4) for i, ks in counts.items()
+            for w, k in zip((2, 8), ks)}
+
+  def test_frontier_findings_do_not_call_one_in_four_a_finding(self):
+    med = {(i, w): np.array([np.nan]) for i in ("dense", "s=2") for w in (2, 8)}
+    cells = self._cells({"dense": (0, 1), "s=2": (0, 4)})
+    text = "\n".join(analysis.frontier_findings(cells, med, ["dense", "s=2"], [2, 8], [100]))
+    dense_line = [l for l in text.splitlines() if l.startswith("dense, m=100")]
+    self.assertLen(dense_line, 1)
+    self.assertIn("width effect not resolved", dense_line[0])
+    self.assertNotIn("rises", dense_line[0])
+    s_line = [l for l in text.splitlines() if l.startswith("s=2, m=100")]
+    self.assertIn("P(success) rises with width", s_line[0])
+    # s=2 vs dense: 4/4 vs 1/4 at width 8 is not resolved; nothing is "higher".
+    vs = [l for l in text.splitlines() if l.startswith("s=2 vs dense")][0]
+    self.assertIn("higher at (width, m) = none", vs)
+    self.assertIn("not resolved at [(8, 100)]", vs)
 
 
 class RunnerTest(absltest.TestCase):

@@ -4,10 +4,12 @@ A cell of the (init, width, m) grid is a Binomial(N, p) experiment (N seeds,
 each succeeding with probability p). Its estimate k/N is reported with a
 Wilson 95% band (`frontier_plots.wilson_interval`); the median steps to
 success counts a failed run as infinitely slow, so it is defined only where
-at least half the seeds succeed. The findings state, with numbers, the two
+at least half the seeds succeed. The findings state, with counts, the two
 claims the grid tests: P(success) rises with width at fixed m (width is
 parallel search for lucky neurons), and sparse init succeeds with fewer
-samples than dense at the same width.
+samples than dense at the same width. Two cells differ only where their
+Wilson 95% intervals are disjoint (`effect`); otherwise the difference is
+"not resolved" (1/4 vs 0/4 is not a finding).
 """
 from __future__ import annotations
 
@@ -64,17 +66,58 @@ def frontier_grids(records: Sequence[Dict], inits: Sequence[str], widths: Sequen
   return cells, prob, med
 
 
-def frontier_findings(prob, med, inits, widths, samples) -> List[str]:
-  """Plain statements, with numbers, of the two claims the grid tests."""
+def effect(k_a: int, n_a: int, k_b: int, n_b: int, confidence: float = 0.95) -> str:
+  """How a's success rate k_a/n_a compares with b's k_b/n_b, as far as the
+  counts resolve it: "higher" / "lower" when the Wilson intervals are
+  disjoint, "not resolved" when they overlap (e.g. 1/4 vs 0/4)."""
+  lo_a, hi_a = (float(v) for v in plots.wilson_interval(k_a, n_a, confidence))
+  lo_b, hi_b = (float(v) for v in plots.wilson_interval(k_b, n_b, confidence))
+  if lo_a > hi_b:
+    return "higher"
+  if lo_b > hi_a:
+    return "lower"
+  return "not resolved"
+
+
+def compare_counts(label_a: str, a: Tuple[int, int], label_b: str, b: Tuple[int, int],
+                   confidence: float = 0.95) -> str:
+  """'<a> k/n [lo, hi] vs <b> k/n [lo, hi]: <verdict>' with Wilson bands."""
+  def cell(label, kn):
+    lo, hi = plots.wilson_interval(kn[0], kn[1], confidence)
+    return f"{label} {kn[0]}/{kn[1]} [{float(lo):.2f}, {float(hi):.2f}]"
+  word = effect(a[0], a[1], b[0], b[1], confidence)
+  pct = f"{100 * confidence:g}%"
+  verdict = (f"{word} (Wilson {pct} intervals disjoint)" if word != "not resolved" else
+             f"not resolved (Wilson {pct} intervals overlap)")
+  return f"{cell(label_a, a)} vs {cell(label_b, b)}: {verdict}"
+
+
+def frontier_findings(cells: Mapping[tuple, Tuple[int, int]], med, inits, widths,
+                      samples) -> List[str]:
+  """Plain statements, with counts, of the two claims the grid tests.
+
+  cells[(init, width, m)] = (successes, trials). An effect is stated only
+  where the Wilson 95% intervals of the two cells are disjoint; otherwise
+  it is "not resolved" (N seeds per cell bound what the grid can show).
+  """
   out = []
+  prob = {i: np.array([[cells[(i, w, m)][0] / cells[(i, w, m)][1] for m in samples]
+                       for w in widths]) for i in inits}
   for i in inits:
     for j, m in enumerate(samples):
       col = prob[i][:, j]
-      if col.max() - col.min() >= 0.2:
-        trend = ("rises" if np.all(np.diff(col) >= 0) else
-                 "changes (not monotonically)")
-        out.append(f"{i}, m={m}: P(success) {trend} with width: " + ", ".join(
-            f"{p:.1f} (width {w})" for p, w in zip(col, widths)) + ".")
+      if len(widths) < 2 or col.max() - col.min() < 0.2:
+        continue
+      hi_w, lo_w = widths[-1], widths[0]
+      word = effect(*cells[(i, hi_w, m)], *cells[(i, lo_w, m)])
+      claim = {"higher": "P(success) rises with width",
+               "lower": "P(success) falls with width",
+               "not resolved": "width effect not resolved"}[word]
+      out.append(f"{i}, m={m}: {claim}: " + compare_counts(
+          f"width {hi_w}", cells[(i, hi_w, m)], f"width {lo_w}", cells[(i, lo_w, m)])
+          + " (all widths: " + ", ".join(
+              f"{cells[(i, w, m)][0]}/{cells[(i, w, m)][1]} (width {w})" for w in widths)
+          + ").")
   for a, w in enumerate(widths):
     firsts = {}
     for i in inits:
@@ -82,18 +125,22 @@ def frontier_findings(prob, med, inits, widths, samples) -> List[str]:
       firsts[i] = ok[0] if ok else None
     desc = ", ".join(f"{i}: {('m=' + str(v)) if v else 'none of the m'}"
                      for i, v in firsts.items())
-    out.append(f"width {w}: smallest m with P(success) >= 0.5 - {desc}.")
+    out.append(f"width {w}: smallest m with estimated P(success) >= 0.5 - {desc}.")
   dense = [i for i in inits if i == "dense"]
   for i in inits:
     if not dense or i == "dense":
       continue
-    better = [(w, m) for a, w in enumerate(widths) for j, m in enumerate(samples)
-              if prob[i][a, j] - prob["dense"][a, j] >= 0.3]
-    worse = [(w, m) for a, w in enumerate(widths) for j, m in enumerate(samples)
-             if prob["dense"][a, j] - prob[i][a, j] >= 0.3]
-    out.append(f"{i} beats dense by >= 0.3 in P(success) at (width, m) = {better or 'none'}; "
-               f"dense beats it by >= 0.3 at {worse or 'none'}.")
-    faster = [(w, m) for (w, m) in itertools.product(widths, samples)
+    grid = list(itertools.product(widths, samples))
+    words = {(w, m): effect(*cells[(i, w, m)], *cells[("dense", w, m)]) for w, m in grid}
+    better = [c for c in grid if words[c] == "higher"]
+    worse = [c for c in grid if words[c] == "lower"]
+    unresolved = [c for c in grid if words[c] == "not resolved"
+                  and abs(prob[i][widths.index(c[0]), samples.index(c[1])]
+                          - prob["dense"][widths.index(c[0]), samples.index(c[1])]) > 0]
+    out.append(f"{i} vs dense, P(success) (Wilson 95% intervals disjoint): higher at "
+               f"(width, m) = {better or 'none'}; lower at {worse or 'none'}; "
+               f"differences not resolved at {unresolved or 'none'}.")
+    faster = [(w, m) for (w, m) in grid
               if not np.isnan(med[(i, w)][samples.index(m)])
               and not np.isnan(med[("dense", w)][samples.index(m)])]
     if faster:

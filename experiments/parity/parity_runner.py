@@ -180,7 +180,7 @@ def run_frontier(config, workdir) -> Dict[str, Any]:
               dict(config=config.to_dict(), records=records, timings_s=timings,
                    total_s=total_time, load_start=load_start, load_end=load_end))
 
-  findings = analysis.frontier_findings(prob, med, inits, widths, samples)
+  findings = analysis.frontier_findings(cells, med, inits, widths, samples)
   rows = [[i, str(w)] + [analysis.fmt_cell(*cells[(i, w, m)]) for m in samples]
           for i, w in itertools.product(inits, widths)]
   steps_rows = [[i, str(w)] + [("-" if np.isnan(v) else f"{v:.0f}") for v in med[(i, w)]]
