@@ -14,6 +14,7 @@ import numpy as np
 
 from data_pipelines import inventory as inv_data
 from experiments.inventory import inventory_config as config_file
+from experiments.inventory import inventory_report
 from experiments.inventory import inventory_runner as runner
 from experiments.inventory import policies
 from experiments.inventory import policy_objective as po
@@ -168,6 +169,19 @@ class ConfigTest(absltest.TestCase):
       runner.validate(cfg)
 
 
+  def test_smoke_configs_say_so_first_in_the_report(self):
+    tiny = config_file.get_config("tiny")
+    self.assertTrue(tiny.smoke)
+    first = "\n".join(inventory_report.header_lines(tiny)[:2])
+    self.assertIn("smoke-test config: numbers are not findings", first)
+    for variant in (None, "small"):
+      cfg = config_file.get_config(variant)
+      self.assertFalse(cfg.smoke)
+      lines = inventory_report.header_lines(cfg)
+      self.assertTrue(lines[0].startswith("# Gen-QOT"))
+      self.assertNotIn("smoke", "\n".join(lines))
+
+
 class RunnerTest(absltest.TestCase):
 
   def test_tiny_experiment_end_to_end_through_launch(self):
@@ -186,6 +200,9 @@ class RunnerTest(absltest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
       with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
         result = json.load(f)
+      with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
+        self.assertIn("smoke-test config: numbers are not findings", f.readline())
+    self.assertIs(result["smoke"], True)
     for key in ("genqot/crps", "lead_time/crps", "backtest/newsvendor/return_mean",
                 "backtest/policy_genqot/return_mean", "backtest/policy_lead_time/return_mean"):
       self.assertIn(key, result)

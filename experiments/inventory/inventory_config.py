@@ -38,6 +38,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.runner = "experiments.inventory.inventory_runner"
   c.seed = 0
+  # A smoke-test config (tiny: a 4-step policy training) checks that the
+  # pipeline runs; its report says its numbers are not findings.
+  c.smoke = False
   c.gamma = 0.99                 # weekly discount.
 
   c.data = ml_collections.ConfigDict()
@@ -118,6 +121,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.policy.train_oracle = False
     c.policy.tune_multipliers = (1.0, 1.4)
     c.policy.trainer = _trainer(steps=4, log_every=1, eval_every=4)
+    c.smoke = True
     c.checkpoint.enabled = False
     c.xla_fast_compile = True
   elif variant != "default":

@@ -10,9 +10,24 @@ def _fmt(x, nd=1):
   return f"{x:,.{nd}f}"
 
 
+SMOKE_NOTICE = "smoke-test config: numbers are not findings"
+
+
+def header_lines(cfg) -> list[str]:
+  """The report's first lines: the smoke-test notice (cfg.smoke) before the title."""
+  lines = []
+  if cfg.get("smoke", False):
+    lines += [f"**{SMOKE_NOTICE}** (`{cfg.policy.trainer.total_steps}`-step policy "
+              f"training, `{cfg.genqot.trainer.total_steps}`-step Gen-QOT training on "
+              f"{cfg.data.num_products} products: this run checks that the pipeline "
+              "works; use the default or `small` config for results).", ""]
+  return lines + ["# Gen-QOT: quantity-over-time arrivals for inventory control "
+                  "(reproduction)", ""]
+
+
 def write_report(workdir, cfg, res, table, arrival_metrics, truth, timings, tuned_mult,
                   hindsight):
-  lines = ["# Gen-QOT: quantity-over-time arrivals for inventory control (reproduction)", ""]
+  lines = header_lines(cfg)
   d = cfg.data
   lines += [
       f"Synthetic data: {d.num_products} products, {d.history_weeks} history weeks "

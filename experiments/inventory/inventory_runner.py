@@ -395,6 +395,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
   inventory_plots.plot_backtest(workdir, table, curves, outs_by_name, scale)
   inventory_report.write_report(workdir, cfg, res, table, arrival_metrics, truth, timings,
                                 tuned_mult, hindsight)
+  res["smoke"] = bool(cfg.get("smoke", False))
   with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(res, f, indent=1, sort_keys=True)
   return res
