@@ -1,138 +1,278 @@
-"""Train-step benchmark: the framework's step next to a plain JAX/Flax step.
+r"""Train-step benchmark: the framework's step next to a plain JAX/Flax step.
 
-  python -m tools.bench_train_step --config=experiments/configs/lm_quickstart.py \
-      [--config.model.dtype=bfloat16] [--rounds=5] [--steps_per_round=5]
+  python -m tools.bench_train_step                       # small: the quickstart LM, 16x256
+  python -m tools.bench_train_step --shape=medium        # ~32M parameters, 2x256
+      [--rounds=7] [--steps_per_round=3] [--dtype=float32|bfloat16]
 
-Both steps train the same model on the same batch with the same optimizer:
-  framework: `framework.train_step` under jit with explicit in/out shardings,
-             donation, logical-axis constraints, grad-norm / NaN-guard metrics;
-  reference: `jax.jit(value_and_grad(mean loss) + optax.update)`, nothing else.
-Rounds alternate between the two so machine noise hits both alike; the
-figures are medians over rounds. Prints tokens/s, step time, peak memory and
-MFU (FLOP convention in `models.transformer.flops_per_token`) and the ratio
-framework / reference (1.0 = no overhead).
+Both steps train the same `models.transformer.TransformerLM` (built through
+`models.registry`) from the same parameters on the same batch with the same
+optax transformation (AdamW + global-norm clipping, warmup-cosine lr):
+
+  framework: `framework.train_step.make_train_step` under `jit_train_step`
+             (explicit in/out shardings, logical-axis rules, state donated,
+             finite guard, grad-norm / lr metrics);
+  plain:     its own `jax.jit(value_and_grad(L) + tx.update + apply_updates)`
+             with L(theta) = sum_i w_i l_i(theta) / sum_i w_i, parameters and
+             optimizer state donated; no framework code.
+
+Timing. The two run interleaved in `rounds` rounds; round r runs them in an
+order rotated by r (so neither always goes first). Each turn runs one untimed
+warm-up step (the first step after the other program ran finds cold caches),
+then times `steps_per_round` consecutive steps and divides by their number.
+Round r gives the ratio
+
+    rho_r = t_plain,r / t_framework,r      (> 1: the framework step is faster),
+
+and the summary prints the median of rho_r with its min-max range and
+interquartile range, the median per-step times and tokens/s (tokens = B T).
+
+Memory. Peak memory per step comes from XLA's own accounting of each compiled
+program, `jitted.lower(...).compile().memory_analysis()`:
+temp_size_in_bytes + argument_size_in_bytes + output_size_in_bytes; the
+alias_size_in_bytes (outputs written in place of donated inputs) is printed
+too, since argument + output - alias + temp is what the step needs at once.
+
+The machine may be shared: the 1-minute load average is printed at start and
+end, with a warning when it is above 1.5 (the timings are then noise-bound).
 """
 from __future__ import annotations
 
 import os
-import resource
-import statistics
 import time
+from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 from absl import app, flags
-from ml_collections import config_flags
+import numpy as np
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/lm_quickstart.py",
-                                          "LM config file.")
-_ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating measurement rounds.")
-_STEPS = flags.DEFINE_integer("steps_per_round", 5, "Steps per round.")
+LOAD_WARNING = 1.5
+
+# Model fields per shape (TransformerConfig) and batch (B, T).
+SHAPES: Dict[str, Dict[str, Any]] = {
+    "small": dict(model=dict(vocab_size=384, d_model=256, num_layers=4, num_heads=8,
+                             num_kv_heads=2, head_dim=32, d_ff=768),
+                  batch_size=16, seq_len=256),
+    "medium": dict(model=dict(vocab_size=384, d_model=512, num_layers=8, num_heads=8,
+                              num_kv_heads=4, head_dim=64, d_ff=2048),
+                   batch_size=2, seq_len=256),
+    # For the unit test only: compiles in about a second.
+    "tiny": dict(model=dict(vocab_size=128, d_model=32, num_layers=1, num_heads=2,
+                            num_kv_heads=1, head_dim=16, d_ff=64),
+                 batch_size=2, seq_len=16),
+}
+
+_SHAPE = flags.DEFINE_enum("shape", "small", ["small", "medium"], "Model and batch shape.")
+_ROUNDS = flags.DEFINE_integer("rounds", 7, "Interleaved measurement rounds (>= 7 advised).")
+_STEPS = flags.DEFINE_integer("steps_per_round", 3, "Timed steps per program per round.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Compute dtype (parameters stay float32).")
 
 
-def _peak_memory_bytes() -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return float(stats["peak_bytes_in_use"])
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # host RSS on CPU
+def spread(values: Sequence[float]) -> Dict[str, float]:
+  """Median, min, max, quartiles (linear interpolation) and IQR of a sample."""
+  v = np.asarray(values, np.float64)
+  q25, q75 = float(np.percentile(v, 25)), float(np.percentile(v, 75))
+  return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
+          "q25": q25, "q75": q75, "iqr": q75 - q25, "n": int(v.size)}
+
+
+def rotated(names: Sequence[str], r: int) -> List[str]:
+  """The order of round r: `names` rotated left by r."""
+  k = r % len(names)
+  return list(names[k:]) + list(names[:k])
+
+
+def interleave(runners: Mapping[str, Callable[[int], Any]], rounds: int, steps: int,
+               clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
+  """Per-step seconds of each runner, one entry per round.
+
+  runners[name](n) runs n steps and blocks until they are done. Each turn is
+  one untimed warm-up step, then `steps` timed steps; the order rotates.
+  """
+  names = list(runners)
+  times: Dict[str, List[float]] = {n: [] for n in names}
+  for r in range(rounds):
+    for name in rotated(names, r):
+      runners[name](1)
+      t0 = clock()
+      runners[name](steps)
+      times[name].append((clock() - t0) / steps)
+  return times
+
+
+def ratio_summary(times: Mapping[str, Sequence[float]], num: str = "plain",
+                  den: str = "framework") -> Dict[str, float]:
+  """spread of the per-round ratio times[num][r] / times[den][r]."""
+  return spread([a / b for a, b in zip(times[num], times[den])])
+
+
+def memory_bytes(compiled) -> Dict[str, int] | None:
+  """XLA's memory analysis of a compiled program (None if the backend has none)."""
+  try:
+    m = compiled.memory_analysis()
+  except (NotImplementedError, RuntimeError, AttributeError):
+    return None
+  if m is None:
+    return None
+  out = {f: int(getattr(m, f"{f}_size_in_bytes", 0) or 0)
+         for f in ("temp", "argument", "output", "alias")}
+  out["peak"] = out["temp"] + out["argument"] + out["output"]
+  return out
+
+
+def optimizer_configs():
+  """AdamW + clipping + warmup-cosine, as in the LM quickstart config."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  opt = ml_collections.ConfigDict(dict(name="adamw", b1=0.9, b2=0.95, eps=1e-8,
+                                       weight_decay=0.1, grad_clip_norm=1.0,
+                                       momentum=0.9, kwargs={}))
+  sched = ml_collections.ConfigDict(dict(name="warmup_cosine", peak_lr=3e-3,
+                                         warmup_steps=20, end_lr_fraction=0.1))
+  return opt, sched, 1000
+
+
+def make_batch(batch_size: int, seq_len: int, vocab: int, seed: int = 0) -> Dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  hi = min(vocab, 259)
+  return {
+      "inputs": rng.integers(3, hi, (batch_size, seq_len)).astype(np.int32),
+      "targets": rng.integers(3, hi, (batch_size, seq_len)).astype(np.int32),
+      "weights": np.ones((batch_size, seq_len), np.int32),
+      "segment_ids": np.ones((batch_size, seq_len), np.int32),
+      "positions": np.tile(np.arange(seq_len, dtype=np.int32), (batch_size, 1)),
+  }
+
+
+class Bench:
+  """The two steps of one shape, each holding its own (donated) state."""
+
+  def __init__(self, shape: str = "small", dtype: str = "float32", seed: int = 0):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import optax  # pylint: disable=g-import-not-at-top
+
+    from framework import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    from framework import optim  # pylint: disable=g-import-not-at-top
+    from framework import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+    from framework import train_state as ts_lib  # pylint: disable=g-import-not-at-top
+    from framework import train_step as step_lib  # pylint: disable=g-import-not-at-top
+    from models import registry, transformer  # pylint: disable=g-import-not-at-top
+
+    spec = SHAPES[shape]
+    self.model_cfg = registry.make_config(dict(name="transformer", dtype=dtype, **spec["model"]))
+    self.batch_size, self.seq_len = spec["batch_size"], spec["seq_len"]
+    self.num_params = transformer.count_params(self.model_cfg)["total"]
+    self.tokens = self.batch_size * self.seq_len
+    module = transformer.TransformerLM(self.model_cfg)
+    batch = make_batch(self.batch_size, self.seq_len, self.model_cfg.vocab_size, seed)
+    opt_cfg, sched_cfg, total = optimizer_configs()
+    schedule = optim.make_schedule(sched_cfg, total)
+    tx = optim.make_optimizer(opt_cfg, schedule)
+    # One device for both: the plain step runs on jax.devices()[0].
+    mesh = mesh_lib.create_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    rules = sharding_lib.DEFAULT_RULES
+    self.mesh = mesh
+
+    # Framework step.
+    self.state, shardings = ts_lib.create_sharded_state(module, tx, batch, mesh, rules, seed=seed)
+    self.fw_step = step_lib.jit_train_step(step_lib.make_train_step(module, tx, schedule=schedule),
+                                           shardings, mesh, rules, batch)
+    self.fw_batch = sharding_lib.global_batch(batch, mesh)
+
+    # Plain step: same module, parameters and optax transformation; nothing else.
+    self.params = jax.tree.map(jnp.copy, jax.device_get(self.state.params))
+    self.opt_state = tx.init(self.params)
+
+    def loss_fn(p, bt):
+      sums = module.apply({"params": p}, bt, method="loss")
+      return sums["loss"] / sums["tokens"]
+
+    def plain_step(p, o, bt):
+      loss, grads = jax.value_and_grad(loss_fn)(p, bt)
+      updates, o = tx.update(grads, o, p)
+      return optax.apply_updates(p, updates), o, loss
+
+    self.plain_step = jax.jit(plain_step, donate_argnums=(0, 1))
+    self.plain_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    self._jax = jax
+
+  def framework(self, n: int):
+    """n framework steps; returns the last step's loss (blocked)."""
+    for _ in range(n):
+      self.state, metrics = self.fw_step(self.state, self.fw_batch)
+    return self._jax.block_until_ready(metrics["loss"])
+
+  def plain(self, n: int):
+    """n plain steps; returns the last step's loss (blocked)."""
+    for _ in range(n):
+      self.params, self.opt_state, loss = self.plain_step(self.params, self.opt_state,
+                                                          self.plain_batch)
+    return self._jax.block_until_ready(loss)
+
+  def memory(self) -> Dict[str, Dict[str, int] | None]:
+    return {
+        "framework": memory_bytes(self.fw_step.lower(self.state, self.fw_batch).compile()),
+        "plain": memory_bytes(self.plain_step.lower(self.params, self.opt_state,
+                                                    self.plain_batch).compile()),
+    }
+
+
+def _load() -> float:
+  return os.getloadavg()[0]
+
+
+def _mib(x: float) -> str:
+  return f"{x / 2**20:8.1f}"
 
 
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+  load0 = _load()
+  print(f"load average (1 min) at start: {load0:.2f}")
+  if load0 > LOAD_WARNING:
+    print(f"WARNING: load average {load0:.2f} > {LOAD_WARNING}: the machine is busy; "
+          "the timings below are not trustworthy.")
+  if _ROUNDS.value < 7:
+    print(f"note: {_ROUNDS.value} rounds (< 7): the spread is a rough guide only.")
+  bench = Bench(_SHAPE.value, _DTYPE.value)
+  print(f"shape {_SHAPE.value}: {bench.num_params:,} parameters "
+        f"(d_model {bench.model_cfg.d_model}, {bench.model_cfg.num_layers} layers, "
+        f"d_ff {bench.model_cfg.d_ff}, vocab {bench.model_cfg.vocab_size}), dtype {_DTYPE.value}, "
+        f"batch {bench.batch_size}x{bench.seq_len} = {bench.tokens} tokens/step, "
+        f"one {jax.devices()[0].device_kind} device")
+  mem = bench.memory()
+  runners = {"framework": bench.framework, "plain": bench.plain}
+  compile_s = {}
+  for name, fn in runners.items():
+    t0 = time.perf_counter()
+    fn(1)
+    compile_s[name] = time.perf_counter() - t0
+  times = interleave(runners, _ROUNDS.value, _STEPS.value)
+  load1 = _load()
 
-  from framework import flops as flops_lib  # pylint: disable=g-import-not-at-top
-  from framework import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from framework import optim  # pylint: disable=g-import-not-at-top
-  from framework import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from framework import train_state as ts_lib  # pylint: disable=g-import-not-at-top
-  from framework import train_step as step_lib  # pylint: disable=g-import-not-at-top
-  from models import registry, transformer  # pylint: disable=g-import-not-at-top
-
-  config = _CONFIG.value
-  mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), jax.device_count())
-  mcfg = registry.make_config(config.model)
-  model = transformer.TransformerLM(mcfg)
-  b, t = int(config.data.global_batch_size), int(config.data.seq_len)
-  rng = np.random.default_rng(0)
-  batch = {
-      "inputs": rng.integers(3, 259, (b, t)).astype(np.int32),
-      "targets": rng.integers(3, 259, (b, t)).astype(np.int32),
-      "weights": np.ones((b, t), np.int32),
-      "segment_ids": np.ones((b, t), np.int32),
-      "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1)),
-  }
-  schedule = optim.make_schedule(config.schedule, int(config.trainer.total_steps))
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  mesh = mesh_lib.create_mesh(dict(config.mesh.shape))
-  rules = config.sharding.rules
-
-  # Framework step.
-  state, shardings = ts_lib.create_sharded_state(model, tx, batch, mesh, rules, seed=0)
-  fw_step = step_lib.jit_train_step(
-      step_lib.make_train_step(model, tx, schedule=schedule,
-                               num_microbatches=int(config.trainer.num_microbatches)),
-      shardings, mesh, rules, batch)
-  fw_batch = sharding_lib.global_batch(batch, mesh)
-
-  # Plain reference step: same model, loss and optimizer; no framework.
-  params = jax.tree.map(jnp.copy, jax.device_get(state.params))
-  opt_state = tx.init(params)
-
-  def ref_loss(p, bt):
-    sums = model.apply({"params": p}, bt, method="loss")
-    return sums["loss"] / sums["tokens"]
-
-  @jax.jit
-  def ref_step(p, o, bt):
-    loss, grads = jax.value_and_grad(ref_loss)(p, bt)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
-
-  ref_batch = {k: jnp.asarray(v) for k, v in batch.items()}
-
-  def run_fw(n):
-    nonlocal state
-    for _ in range(n):
-      state, m = fw_step(state, fw_batch)
-    jax.block_until_ready(m)
-
-  def run_ref(n):
-    nonlocal params, opt_state
-    for _ in range(n):
-      params, opt_state, loss = ref_step(params, opt_state, ref_batch)
-    jax.block_until_ready(loss)
-
-  t0 = time.perf_counter(); run_fw(1); fw_compile = time.perf_counter() - t0
-  t0 = time.perf_counter(); run_ref(1); ref_compile = time.perf_counter() - t0
-  times = {"framework": [], "reference": []}
-  for _ in range(_ROUNDS.value):
-    for name, fn in (("framework", run_fw), ("reference", run_ref)):
-      t0 = time.perf_counter()
-      fn(_STEPS.value)
-      times[name].append((time.perf_counter() - t0) / _STEPS.value)
-
-  tokens = b * t
-  fpt = transformer.flops_per_token(mcfg, t)
-  peak, source = flops_lib.peak_flops_per_device(float(config.trainer.peak_flops))
-  n_dev = mesh.devices.size
-  print(f"\nmodel: {transformer.count_params(mcfg)['total']:,} params, dtype "
-        f"{config.model.dtype}, batch {b}x{t} = {tokens} tokens/step, mesh {dict(mesh.shape)}")
-  print(f"device: {jax.devices()[0].device_kind} x{n_dev}; peak {peak / 1e9:.1f} GFLOP/s/device "
-        f"({source}); {fpt / 1e6:.2f} MFLOP/token (6N + causal attention + head)")
-  print(f"{'':12s}{'step ms':>10s}{'tokens/s':>12s}{'MFU':>8s}{'compile s':>11s}")
-  rows = {}
-  for name, compile_s in (("framework", fw_compile), ("reference", ref_compile)):
-    step = statistics.median(times[name])
-    tps = tokens / step
-    rows[name] = tps
-    print(f"{name:12s}{step * 1e3:10.1f}{tps:12.0f}{fpt * tps / (n_dev * peak):8.1%}"
-          f"{compile_s:11.1f}")
-  print(f"peak memory: {_peak_memory_bytes() / 2**20:.0f} MiB (process)")
-  print(f"ratio framework/reference tokens/s: {rows['framework'] / rows['reference']:.3f} "
-        f"(per-round: {[round(r / f, 3) for f, r in zip(times['framework'], times['reference'])]})")
+  print(f"\n{_ROUNDS.value} rounds x {_STEPS.value} timed steps (after 1 untimed), rotating order")
+  print(f"{'':11s}{'step ms':>9s}{'(min-max)':>17s}{'tokens/s':>10s}{'1st call s':>11s}"
+        f"{'peak MiB':>10s}{'temp':>9s}{'arg':>9s}{'out':>9s}{'alias':>9s}")
+  for name in runners:
+    s = spread(times[name])
+    m = mem[name]
+    mem_cols = ("".join(f"{_mib(m[f]):>{10 if f == 'peak' else 9}s}"
+                        for f in ("peak", "temp", "argument", "output", "alias"))
+                if m else "   (no memory analysis on this backend)")
+    print(f"{name:11s}{s['median'] * 1e3:9.1f}  ({s['min'] * 1e3:6.1f}-{s['max'] * 1e3:6.1f})"
+          f"{bench.tokens / s['median']:10.0f}{compile_s[name]:11.1f}{mem_cols}")
+  print("peak = temp + argument + output bytes of XLA's memory_analysis() of the compiled step "
+        "(alias: outputs that reuse donated inputs)")
+  r = ratio_summary(times)
+  print(f"ratio plain/framework step time (> 1: framework faster): median {r['median']:.3f}, "
+        f"min-max {r['min']:.3f}-{r['max']:.3f}, IQR {r['q25']:.3f}-{r['q75']:.3f} "
+        f"({r['iqr']:.3f}), n={r['n']}")
+  print("per-round ratios: " + ", ".join(
+      f"{a / b:.3f}" for a, b in zip(times["plain"], times["framework"])))
+  print(f"load average (1 min) at end: {load1:.2f}")
+  if max(load0, load1) > LOAD_WARNING:
+    print(f"WARNING: load average above {LOAD_WARNING} during the run: the machine is "
+          "shared, so these figures are noisy; rerun in a quiet window.")
 
 
 if __name__ == "__main__":
