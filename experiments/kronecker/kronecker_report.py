@@ -28,13 +28,15 @@ APPROX_LABELS = {"optimal": "optimal Kronecker", "pi5": "power iter. k=5",
                  "shampoo": "Shampoo (L$^{1/2}$⊗R$^{1/2}$)", "kfac": "K-FAC"}
 
 
+DPI = 120  # with the figure sizes below: ~10 pt labels legible at 1:1
+
 
 def plot_figure1(results: Dict[int, Dict[str, Any]], layers, path: str) -> None:
   steps = sorted(results)
   views = (("gn", "Gauss-Newton (Fisher, labels from the model)"),
            ("adagrad", "Adagrad (sum g g$^T$)"))
-  fig, axes = plt.subplots(len(layers), 2, figsize=(10, 2.6 * len(layers)), squeeze=False,
-                           sharex=True)
+  fig, axes = plt.subplots(len(layers), 2, figsize=(12, 1.0 + 3.4 * len(layers)),
+                           squeeze=False, sharex=True)
   for i, l in enumerate(layers):
     for j, (view, title) in enumerate(views):
       ax = axes[i, j]
@@ -50,22 +52,23 @@ def plot_figure1(results: Dict[int, Dict[str, Any]], layers, path: str) -> None:
         if pts:
           ax.plot(*zip(*pts), ":", color=color, marker="x", ms=3,
                   label=f"{APPROX_LABELS[name]}, held out")
-      ax.set_title(f"{l.name} ({l.m}x{l.n}) — {title}", fontsize=8)
+      ax.set_title(f"{l.name} ({l.m}x{l.n}) — {title}", fontsize=10)
       ax.set_ylabel("cosine sim. to H")
       ax.grid(alpha=0.3)
       if i == len(layers) - 1:
         ax.set_xlabel("training step")
   handles, labels = axes[0, 0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=8, frameon=False)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (2.6 * len(layers))))
-  fig.savefig(path, dpi=80)
+  fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9, frameon=False)
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / (1.0 + 3.4 * len(layers))))
+  fig.savefig(path, dpi=DPI)
   plt.close(fig)
 
 
 def plot_shortcuts(shortcut: Dict[str, Any], layers, path: str, step: int) -> None:
   ncol = min(4, len(layers))
   nrow = -(-len(layers) // ncol)
-  fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.8 * nrow), squeeze=False)
+  fig, axes = plt.subplots(nrow, ncol, figsize=(4.8 * ncol, 0.6 + 3.6 * nrow),
+                           squeeze=False)
   for i, l in enumerate(layers):
     ax = axes[i // ncol, i % ncol]
     for labels, color in (("sampled", "C0"), ("real", "C3")):
@@ -78,17 +81,17 @@ def plot_shortcuts(shortcut: Dict[str, Any], layers, path: str, step: int) -> No
       ax.plot(bs, [by_b[b]["optimal/cos"] for b in bs], ":s", color=color, ms=3,
               label=f"optimal, {labels} labels")
     ax.set_xscale("log", base=2)
-    ax.set_title(f"{l.name}", fontsize=8)
+    ax.set_title(f"{l.name}", fontsize=10)
     ax.set_xlabel("batch size B")
     ax.set_ylabel("cosine to per-example H$_{GN}$")
     ax.grid(alpha=0.3)
   for j in range(len(layers), nrow * ncol):
     axes[j // ncol, j % ncol].axis("off")
-  axes[0, 0].legend(fontsize=6)
+  axes[0, 0].legend(fontsize=8)
   fig.suptitle(f"Factors from mini-batch gradients vs the GN reference H (step {step})",
-               fontsize=9)
+               fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=DPI)
   plt.close(fig)
 
 

@@ -107,19 +107,38 @@ def run_study(config: ml_collections.ConfigDict, workdir: str
   # One writer: the trainer's train/* and the study's metrics share
   # metrics.jsonl and the TensorBoard run.
   writer = metrics_lib.MetricWriter(workdir)
-  hook = measurements.KroneckerMeasurements(config, model, data, train_iter, writer)
+  hook = measurements.KroneckerMeasurements(
+      config, model, data, train_iter, writer,
+      on_measured=lambda step: write_metrics_json(workdir, hook, _timings(hook, t_start),
+                                                  partial=True))
   try:
     trainer.train(config, model, train_iter, workdir=workdir, mesh=_mesh(config),
                   hooks=[(hook, 1)], init_state=hook.start, writer=writer)
   finally:
     writer.close()
+  timings = _timings(hook, t_start)
+  write_metrics_json(workdir, hook, timings, partial=False)
+  return hook, write_outputs(workdir, config, hook.results, hook.layers, timings,
+                             hook.train_log)
+
+
+def _timings(hook, t_start: float) -> Dict[str, Any]:
   total = time.perf_counter() - t_start
-  timings = {"total_s": total, "measure_s": hook.measure_s, "train_s": total - hook.measure_s,
-             "load": " ".join(f"{v:.2f}" for v in os.getloadavg())}
-  with open(os.path.join(workdir, "kronecker_metrics.json"), "w") as f:
-    json.dump({"layers": [dict(l._asdict()) for l in hook.layers], "timings": timings,
+  return {"total_s": total, "measure_s": hook.measure_s, "train_s": total - hook.measure_s,
+          "load": " ".join(f"{v:.2f}" for v in os.getloadavg())}
+
+
+def write_metrics_json(workdir: str, hook, timings: Dict[str, Any], *, partial: bool) -> None:
+  """kronecker_metrics.json with the steps measured so far (atomically replaced).
+
+  Rewritten after every measured step (`partial: true`, so a long run that is
+  stopped keeps what it measured) and once at the end (`partial: false`).
+  """
+  path = os.path.join(workdir, "kronecker_metrics.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump({"partial": partial, "measured_steps": sorted(hook.results),
+               "layers": [dict(l._asdict()) for l in hook.layers], "timings": timings,
                "train_log": hook.train_log,
                "results": {str(t): r for t, r in hook.results.items()}}, f, indent=1,
               default=lambda o: o if not isinstance(o, (np.generic,)) else o.item())
-  return hook, write_outputs(workdir, config, hook.results, hook.layers, timings,
-                             hook.train_log)
+  os.replace(path + ".tmp", path)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -52,6 +52,7 @@ from experiments.kronecker import layer_taps as taps
 from experiments.kronecker.kronecker_data import StudyData
 from framework import hooks as hooks_lib
 from framework import metrics as metrics_lib
+from framework import progress as progress_lib
 from framework import train_step as train_step_lib
 from models import contract
 
@@ -209,10 +210,17 @@ class KroneckerMeasurements:
   held-out accuracy)] at the measured steps; layers: the tapped weights.
   Host state (the stored training gradients) is not checkpointed: the runner
   runs the study without checkpoints.
+
+  After each measured step a progress line (`framework.progress.Progress`,
+  one unit per measured step: count, rate, elapsed, ETA; measurements
+  dominate the time between them) is printed and `on_measured(step)` is
+  called (the runner rewrites the partial results file there).
   """
 
   def __init__(self, config, model: contract.FlaxModel, data: StudyData, train_iter,
-               writer: metrics_lib.MetricWriter):
+               writer: metrics_lib.MetricWriter,
+               on_measured: Optional[Callable[[int], None]] = None,
+               print_fn: Optional[Callable[[str], None]] = None):
     if not isinstance(model, contract.FlaxModel):
       raise TypeError(f"the Kronecker study taps Flax modules; got {model!r}")
     sc = config.study
@@ -234,6 +242,9 @@ class KroneckerMeasurements:
     self.results: Dict[int, Dict[str, Any]] = {}
     self.train_log: List[Tuple[int, float, float]] = []
     self.measure_s = 0.0
+    self.on_measured = on_measured
+    self.progress = progress_lib.Progress(len(self.measure_steps), "kronecker",
+                                          unit="measured steps", print_fn=print_fn)
     self.rng = np.random.default_rng(int(config.seed) + 1)
     self.key = jax.random.PRNGKey(int(config.seed) + 1)
     layers = self.layers
@@ -266,6 +277,11 @@ class KroneckerMeasurements:
                    "time/measure_s": time.perf_counter() - t0})
       self.writer.write(step, flat)
       self.train_log.append((step, ev["loss"], ev["accuracy"]))
+      self.progress.update(1, force=True, step=f"{step}/{self.total_steps}",
+                           eval_loss=float(ev["loss"]),
+                           measure_s=time.perf_counter() - t0)
+      if self.on_measured is not None:
+        self.on_measured(step)
     if step < self.total_steps and step % self.every == 0:
       # g_step: the gradient the next train step takes (same params, same batch).
       position = self.train_iter.get_state()
