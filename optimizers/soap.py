@@ -46,7 +46,8 @@ from optimizers.weight_decay import decoupled_weight_decay
 # error when injected); precondition_frequency also works traced.
 SOAP_STATIC_ARGS = (
     "precondition_frequency", "block_size", "merge_dims", "max_precond_dim",
-    "precondition_filter", "weight_decay_mask")
+    "precondition_filter", "weight_decay_mask", "precondition_1d",
+    "eigh_float64")
 
 
 class SoapLeafState(NamedTuple):
