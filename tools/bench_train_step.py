@@ -24,7 +24,8 @@ Round r gives the ratio
     rho_r = t_plain,r / t_framework,r      (> 1: the framework step is faster),
 
 and the summary prints the median of rho_r with its min-max range and
-interquartile range, the median per-step times and tokens/s (tokens = B T).
+interquartile range, the median per-step times, tokens/s (tokens = B T) and
+MFU (FLOP convention in `models.transformer.flops_per_token`).
 
 Memory. Peak memory per step comes from XLA's own accounting of each compiled
 program, `jitted.lower(...).compile().memory_analysis()`:
@@ -65,6 +66,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 7, "Interleaved measurement rounds (>= 
 _STEPS = flags.DEFINE_integer("steps_per_round", 3, "Timed steps per program per round.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Compute dtype (parameters stay float32).")
+_PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU "
+                           "(0: vendor table, or measured matmul on CPU).")
 
 
 def spread(values: Sequence[float]) -> Dict[str, float]:
@@ -227,6 +230,8 @@ def _mib(x: float) -> str:
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
+  from framework import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from models import transformer  # pylint: disable=g-import-not-at-top
   load0 = _load()
   print(f"load average (1 min) at start: {load0:.2f}")
   if load0 > LOAD_WARNING:
@@ -240,6 +245,10 @@ def main(argv):
         f"d_ff {bench.model_cfg.d_ff}, vocab {bench.model_cfg.vocab_size}), dtype {_DTYPE.value}, "
         f"batch {bench.batch_size}x{bench.seq_len} = {bench.tokens} tokens/step, "
         f"one {jax.devices()[0].device_kind} device")
+  fpt = transformer.flops_per_token(bench.model_cfg, bench.seq_len)
+  peak, source = flops_lib.peak_flops_per_device(_PEAK.value)
+  print(f"{fpt / 1e6:.2f} MFLOP/token (6N + causal attention + head); device peak "
+        f"{peak / 1e9:.1f} GFLOP/s ({source})")
   mem = bench.memory()
   runners = {"framework": bench.framework, "plain": bench.plain}
   compile_s = {}
@@ -251,7 +260,7 @@ def main(argv):
   load1 = _load()
 
   print(f"\n{_ROUNDS.value} rounds x {_STEPS.value} timed steps (after 1 untimed), rotating order")
-  print(f"{'':11s}{'step ms':>9s}{'(min-max)':>17s}{'tokens/s':>10s}{'1st call s':>11s}"
+  print(f"{'':11s}{'step ms':>9s}{'(min-max)':>17s}{'tokens/s':>10s}{'MFU':>7s}{'1st call s':>11s}"
         f"{'peak MiB':>10s}{'temp':>9s}{'arg':>9s}{'out':>9s}{'alias':>9s}")
   for name in runners:
     s = spread(times[name])
@@ -260,7 +269,8 @@ def main(argv):
                         for f in ("peak", "temp", "argument", "output", "alias"))
                 if m else "   (no memory analysis on this backend)")
     print(f"{name:11s}{s['median'] * 1e3:9.1f}  ({s['min'] * 1e3:6.1f}-{s['max'] * 1e3:6.1f})"
-          f"{bench.tokens / s['median']:10.0f}{compile_s[name]:11.1f}{mem_cols}")
+          f"{bench.tokens / s['median']:10.0f}{fpt * bench.tokens / s['median'] / peak:7.1%}"
+          f"{compile_s[name]:11.1f}{mem_cols}")
   print("peak = temp + argument + output bytes of XLA's memory_analysis() of the compiled step "
         "(alias: outputs that reuse donated inputs)")
   r = ratio_summary(times)
