@@ -104,8 +104,11 @@ class MetricWriter:
       record[key] = value
     if len(record) == 1 and metrics:
       return
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    except OSError as e:  # e.g. a full disk: say which file and how much space is left
+      raise files.write_error(self.path, e) from e
     tb = self._tensorboard()
     if tb is not None:
       for key, value in record.items():
