@@ -9,11 +9,13 @@ accumulation over M micro-batches is exactly one big batch:
 Micro-batch m takes rows m, m + M, m + 2M, ... of the global batch, so each
 device already holds its share of every micro-batch (no resharding).
 
-The guard: a step is applied only if the loss, the gradient norm and the
-update norm are finite (a NaN learning rate or a corrupt optimizer moment makes
-a non-finite update from finite gradients). The check costs two reductions
-and a select folded into the parameter add; the parameter norm is computed
-only on logging steps (`hooks.LogMetrics`). Otherwise the old params and optimizer state are
+The guard: the update is applied only if the loss and the gradient norm are
+finite; and a non-finite element of the new parameters or optimizer
+state (a NaN learning rate or a corrupt optimizer moment makes a non-finite
+update from finite gradients) keeps its old value, element by element, fused
+into the writes; any such element marks the step non-finite. The parameter
+norm is computed only on logging steps (`hooks.LogMetrics`). When the step is
+not finite the old params and optimizer state are
 kept (the step counter still advances, since the batch was consumed) and the
 step reports `nonfinite=1`; `nan_policy="stop"` makes the loop raise before
 the next step, `"skip"` goes on (up to `trainer.max_consecutive_skips`).
@@ -75,6 +77,17 @@ def compute_grads(model: Any, params: Any, batch: dict[str, jax.Array],
   return grads, sums
 
 
+def _guarded_add(ok: jax.Array, p: jax.Array, u: jax.Array) -> jax.Array:
+  new = p + u.astype(p.dtype)
+  return jnp.where(ok & jnp.isfinite(new), new, p)
+
+
+def _keep_finite(ok: jax.Array, new: Any, old: Any) -> Any:
+  if not jnp.issubdtype(jnp.asarray(new).dtype, jnp.inexact):
+    return jnp.where(ok, new, old)
+  return jnp.where(ok & jnp.isfinite(new), new, old)
+
+
 def means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Every sum divided by the count; the count itself is kept."""
   count = jnp.maximum(contract.count_of(sums), 1.0)
@@ -109,15 +122,19 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
       count = jnp.maximum(contract.count_of(sums), 1.0)
       grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grad_sums)
     grad_norm = optax.global_norm(grads)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     metrics = means(sums)
-    finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-              & jnp.isfinite(optax.global_norm(updates)))
-    # Guard the update itself (fused into the add) and the optimizer state.
-    params = jax.tree.map(lambda p, u: (p + jnp.where(finite, u, 0).astype(p.dtype)
-                                        ).astype(p.dtype), state.params, updates)
-    opt_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_opt_state,
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    # Element by element, so the guard fuses into the writes (no second copy of
+    # the state, no wait for a global reduction): with a non-finite loss or
+    # gradient nothing changes; otherwise a non-finite new parameter or
+    # optimizer-state element keeps its old value and is counted.
+    params = jax.tree.map(lambda p, u: _guarded_add(ok, p, u), state.params, updates)
+    opt_state = jax.tree.map(lambda n, o: _keep_finite(ok, n, o), new_opt_state,
                              state.opt_state)
+    bad = sum(jnp.sum(~jnp.isfinite(u), dtype=jnp.int32) for u in jax.tree.leaves(updates))
+    finite = ok & (bad == 0)
     rng, _ = jax.random.split(state.rng)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     metrics["grad_norm"] = grad_norm
