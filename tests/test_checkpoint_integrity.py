@@ -66,7 +66,8 @@ def _abstract_and_shardings():
 
 
 def _flip(path, offset=None):
-  data = bytearray(open(path, "rb").read())
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
   offset = len(data) // 2 if offset is None else offset
   data[offset] ^= 0xFF
   with open(path, "wb") as f:
@@ -261,10 +262,12 @@ class CorruptionFallbackTest(parameterized.TestCase):
     step_dir = os.path.join(workdir, "checkpoints", "10")
     os.remove(os.path.join(step_dir, checkpoint_lib.FILE_DIGESTS))
     path = os.path.join(step_dir, "checksums", "metadata")
-    sums = json.load(open(path))
+    with open(path) as f:
+      sums = json.load(f)
     key = ".params['embedding']"
     sums["arrays"][key] = "%016x" % (int(sums["arrays"][key], 16) ^ 1)
-    json.dump(sums, open(path, "w"))
+    with open(path, "w") as f:
+      json.dump(sums, f)
     with self.assertLogs(level="WARNING") as logs:
       step, _, _ = self.restore_latest(workdir)
     self.assertEqual(step, 5)
@@ -415,7 +418,8 @@ class AtomicWriteTest(absltest.TestCase):
     self.assertEqual(cm.exception.errno, errno.ENOSPC)
     self.assertIn(path, str(cm.exception))
     self.assertIn("free of", str(cm.exception))
-    self.assertEqual(open(path).read(), "old")
+    with open(path) as f:
+      self.assertEqual(f.read(), "old")
     self.assertEqual(os.listdir(d), ["config.json"])
 
   def test_full_disk_on_flush_leaves_no_empty_file(self):

@@ -14,7 +14,8 @@ def _events(workdir):
   """Every event in the run's TensorBoard files (TFRecord framing: length, crc, data, crc)."""
   events = []
   for path in sorted(glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))):
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+      data = f.read()
     pos = 0
     while pos < len(data):
       (length,) = struct.unpack("<Q", data[pos:pos + 8])
