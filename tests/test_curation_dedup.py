@@ -6,7 +6,7 @@ import random
 from absl.testing import absltest
 import numpy as np
 
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 from data_pipelines.curation import dedup
 
 C = config_lib.default_config().dedup

@@ -3,7 +3,7 @@ its threshold, the line modifiers, URL ban lists and language id."""
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 from data_pipelines.curation import heuristics as h
 from data_pipelines.curation import langid
 

@@ -8,7 +8,7 @@ import tempfile
 from absl.testing import absltest
 import zstandard
 
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 from data_pipelines.curation import extract
 from data_pipelines.curation import io as cio
 

@@ -8,7 +8,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 from data_pipelines.curation import io as cio
 from data_pipelines.curation import mixing
 from data_pipelines.curation import quality

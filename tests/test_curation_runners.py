@@ -15,7 +15,7 @@ from unittest import mock
 
 from absl.testing import absltest
 
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 from data_pipelines.curation import io as cio
 from data_pipelines.curation import pipeline
 from data_pipelines.curation import stages

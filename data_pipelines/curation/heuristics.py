@@ -3,7 +3,7 @@
 A *rule* is `rule(text, c) -> None | str`: None keeps the document, a string
 removes it and says why (the measured value against its threshold). A *line
 modifier* is `modifier(text, c) -> text`. `c` is the `heuristics` or
-`line_modifiers` sub-config (config.py holds every threshold).
+`line_modifiers` sub-config (curation_config.py holds every threshold).
 
 Word notions follow DCLM: "words" for length and repetition are runs of word
 characters with punctuation dropped (`split_words`); the symbol, mean-length,

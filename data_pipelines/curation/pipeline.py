@@ -21,7 +21,7 @@ import os
 import time
 from typing import Optional
 
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 from data_pipelines.curation import inprocess
 from data_pipelines.curation import io as cio
 from data_pipelines.curation import stages

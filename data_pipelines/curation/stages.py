@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
 import ml_collections
 
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 from data_pipelines.curation import dedup
 from data_pipelines.curation import extract
 from data_pipelines.curation import heuristics

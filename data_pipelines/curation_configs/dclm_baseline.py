@@ -16,7 +16,7 @@ files are comma-separated globs:
 Variant `:no_quality` (`--config=.../dclm_baseline.py:no_quality`) runs
 everything but the quality filter, for inputs without classifier data.
 """
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 
 VARIANTS = ("", "no_quality")
 

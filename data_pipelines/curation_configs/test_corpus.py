@@ -10,7 +10,7 @@ corpus's quality_pos/neg files and keeps documents with P(hq) >= 0.5.
 """
 import os
 
-from data_pipelines.curation import config as config_lib
+from data_pipelines.curation import curation_config as config_lib
 
 
 def get_config(arg: str = ""):
