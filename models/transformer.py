@@ -14,6 +14,22 @@ Numerics: parameters are stored in `param_dtype` (fp32); matmuls run in
 Batches are dicts of int32 arrays [batch, length]:
   inputs, targets, weights (0/1 loss mask), segment_ids (packing; 0 = pad),
   positions (position of each token within its packed segment).
+
+Decoding uses the same module with a key/value cache (`init_cache`): calling
+it with `cache=` and `starts=` (the cache slot of each row's first new token)
+writes the new keys/values at slots starts_b .. starts_b + T - 1 and lets
+query t of row b attend to slots j <= starts_b + t (and, with a sliding
+window w, j > starts_b + t - w). The slot of a token is its position, so a
+right-padded batch of prompts with lengths L_b is prefilled with starts = 0
+and decoded with starts = L_b, L_b + 1, ...: the padding slots are simply
+overwritten. The cache holds only the kv heads (GQA), [batch, slots, kv_heads,
+head_dim] per layer.
+
+Conventions shared with the Llama family of Hugging Face checkpoints
+(`models/hf_llama.py` maps the names): RoPE rotates the two halves (i, i+d/2)
+of each head (HF `rotate_half`), inverse frequencies theta^(-2i/d) optionally
+rescaled (`rope_scaling`: linear, or Llama 3's banded rule); untied or tied
+output head; optional q/k/v biases (Qwen2); optional sliding window (Mistral).
 """
 from __future__ import annotations
 
@@ -23,6 +39,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from models import contract
@@ -46,9 +63,29 @@ class TransformerConfig:
   norm_eps: float = 1e-6
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
-  remat: bool = False
+  # Rematerialisation of each block in the backward pass: none | full |
+  # dots_saveable | dots_with_no_batch_dims_saveable (jax.checkpoint_policies).
+  remat: str = "none"
+  qkv_bias: bool = False            # Qwen2-style biases on the q/k/v projections
+  # Tied logits are divided by sqrt(d_model) (our init has unit-variance
+  # embeddings); imported HF models set this False.
+  scale_tied_logits: bool = True
+  rope_scaling: str = "none"        # none | linear | llama3
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0     # llama3 only
+  rope_high_freq_factor: float = 4.0    # llama3 only
+  rope_original_max_len: int = 8192     # llama3 only
+  sliding_window: int = 0           # 0: full causal attention; w: the last w keys (Mistral)
 
   def __post_init__(self):
+    if isinstance(self.remat, bool):   # older configs: remat=True/False
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r} must be one of {list(REMAT_POLICIES)}")
+    if self.rope_scaling not in ("none", "linear", "llama3"):
+      raise ValueError(f"model.rope_scaling={self.rope_scaling!r} must be none, linear or llama3")
+    if self.head_dim % 2:
+      raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
     # Configs name dtypes as strings ("bfloat16"); the module wants jnp dtypes.
     for field in ("dtype", "param_dtype"):
       value = getattr(self, field)
@@ -63,6 +100,12 @@ class TransformerConfig:
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _dense_init(fan_in_axes: int = 1):
@@ -89,15 +132,45 @@ class RMSNorm(nn.Module):
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-def rope(x: Array, positions: Array, theta: float) -> Array:
+def rope_frequencies(cfg: TransformerConfig) -> np.ndarray:
+  """Inverse frequencies w_i = theta^(-2i/d), i < d/2, after `cfg.rope_scaling`.
+
+  linear: w_i / factor (position interpolation, Chen et al. 2023).
+  llama3: with wavelength l_i = 2 pi / w_i and L = original_max_len,
+    l_i > L / low_freq_factor   ->  w_i / factor        (long waves interpolated)
+    l_i < L / high_freq_factor  ->  w_i                 (short waves kept)
+    otherwise                   ->  (1 - s) w_i / factor + s w_i,
+                                    s = (L / l_i - low) / (high - low).
+  Computed in float32 like the reference implementation.
+  """
+  d = cfg.head_dim
+  w = 1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))
+  w = w.astype(np.float32)
+  factor = np.float32(cfg.rope_scaling_factor)
+  if cfg.rope_scaling == "linear":
+    return (w / factor).astype(np.float32)
+  if cfg.rope_scaling == "llama3":
+    low, high = np.float32(cfg.rope_low_freq_factor), np.float32(cfg.rope_high_freq_factor)
+    orig = np.float32(cfg.rope_original_max_len)
+    wavelength = np.float32(2 * np.pi) / w
+    smooth = (orig / wavelength - low) / (high - low)
+    mid = (1 - smooth) * w / factor + smooth * w
+    out = np.where(wavelength > orig / low, w / factor, np.where(wavelength < orig / high, w, mid))
+    return out.astype(np.float32)
+  return w
+
+
+def rope(x: Array, positions: Array, freqs: Array | float) -> Array:
   """Rotary embedding on [batch, length, heads, head_dim] by pairs (i, i + d/2).
 
-  (x1, x2) -> (x1 cos(p w) - x2 sin(p w), x2 cos(p w) + x1 sin(p w)),
-  w_i = theta^(-2i/d).
+  (x1, x2) -> (x1 cos(p w) - x2 sin(p w), x2 cos(p w) + x1 sin(p w)).
+  `freqs` holds the d/2 inverse frequencies w (`rope_frequencies`); a number
+  is read as theta, giving w_i = theta^(-2i/d).
   """
   d = x.shape[-1]
-  freqs = theta ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2.0 / d)
-  angles = positions.astype(jnp.float32)[..., None] * freqs  # [B, T, d/2]
+  if not hasattr(freqs, "shape"):
+    freqs = freqs ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2.0 / d)
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
   cos = jnp.cos(angles)[:, :, None, :]
   sin = jnp.sin(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -105,11 +178,33 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
   return out.astype(x.dtype)
 
 
+CACHE_AXES = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")
+
+
+def init_cache(cfg: TransformerConfig, batch_size: int, num_slots: int) -> dict[str, Any]:
+  """An empty key/value cache: per layer k and v of [batch, slots, kv_heads, head_dim]."""
+  shape = (batch_size, num_slots, cfg.num_kv_heads, cfg.head_dim)
+  return {f"layer_{i}": {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+          for i in range(cfg.num_layers)}
+
+
+def cache_logical_axes(cfg: TransformerConfig) -> dict[str, Any]:
+  """Logical axis names of `init_cache`'s arrays (batch over data/fsdp, kv heads over tensor)."""
+  return {f"layer_{i}": {"k": CACHE_AXES, "v": CACHE_AXES} for i in range(cfg.num_layers)}
+
+
+def _write_rows(cache: Array, new: Array, starts: Array) -> Array:
+  """cache[b, starts_b : starts_b + T] = new[b] for every row b."""
+  return jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice_in_dim(c, u, s, axis=0))(
+      cache, new.astype(cache.dtype), starts)
+
+
 class Attention(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, segment_ids: Array,
+               cache: dict[str, Array] | None = None, starts: Array | None = None):
     cfg = self.cfg
     init = _dense_init()
     d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -123,17 +218,41 @@ class Attention(nn.Module):
     q = jnp.einsum("btd,dnh->btnh", x, wq.astype(cfg.dtype))
     kk = jnp.einsum("btd,dkh->btkh", x, wk.astype(cfg.dtype))
     v = jnp.einsum("btd,dkh->btkh", x, wv.astype(cfg.dtype))
-    q = rope(q, positions, cfg.rope_theta)
-    kk = rope(kk, positions, cfg.rope_theta)
+    if cfg.qkv_bias:
+      zeros = nn.initializers.zeros
+      q = q + _param(self, "bq", zeros, (h, hd), ("heads", "kv"), cfg.param_dtype).astype(cfg.dtype)
+      kk = kk + _param(self, "bk", zeros, (k, hd), ("kv_heads", "kv"),
+                       cfg.param_dtype).astype(cfg.dtype)
+      v = v + _param(self, "bv", zeros, (k, hd), ("kv_heads", "kv"),
+                     cfg.param_dtype).astype(cfg.dtype)
+    freqs = rope_frequencies(cfg)
+    q = rope(q, positions, freqs)
+    kk = rope(kk, positions, freqs)
     q = nn.with_logical_constraint(q, ("activation_batch", "activation_length",
                                        "activation_heads", "activation_kv"))
     length = x.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    mask = (causal[None] & same_segment)[:, None]  # [B, 1, T, S]
+    if cache is None:
+      causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+      if cfg.sliding_window:
+        offset = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]
+        causal &= offset < cfg.sliding_window
+      same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+      mask = (causal[None] & same_segment)[:, None]  # [B, 1, T, S]
+      new_cache = None
+    else:
+      keys = nn.with_logical_constraint(_write_rows(cache["k"], kk, starts), CACHE_AXES)
+      values = nn.with_logical_constraint(_write_rows(cache["v"], v, starts), CACHE_AXES)
+      new_cache = {"k": keys, "v": values}
+      kk, v = keys.astype(cfg.dtype), values.astype(cfg.dtype)
+      query_slot = starts[:, None] + jnp.arange(length)[None, :]          # [B, T]
+      key_slot = jnp.arange(keys.shape[1])[None, None, :]                 # [1, 1, S]
+      mask = key_slot <= query_slot[:, :, None]
+      if cfg.sliding_window:
+        mask &= key_slot > query_slot[:, :, None] - cfg.sliding_window
+      mask = mask[:, None]
     out = jax.nn.dot_product_attention(q, kk, v, mask=mask)
     out = jnp.einsum("btnh,nhd->btd", out, wo.astype(cfg.dtype))
-    return out
+    return out if cache is None else (out, new_cache)
 
 
 class SwiGLU(nn.Module):
@@ -161,13 +280,18 @@ class DecoderBlock(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, segment_ids: Array,
+               cache: dict[str, Array] | None = None, starts: Array | None = None):
     cfg = self.cfg
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)
-    x = x + Attention(cfg, name="attn")(norm("attn_norm")(x), positions, segment_ids)
+    attn = Attention(cfg, name="attn")(norm("attn_norm")(x), positions, segment_ids, cache, starts)
+    if cache is not None:
+      attn, cache = attn
+    x = x + attn
     x = x + SwiGLU(cfg, name="mlp")(norm("mlp_norm")(x))
-    return nn.with_logical_constraint(
+    x = nn.with_logical_constraint(
         x, ("activation_batch", "activation_length", "activation_embed"))
+    return x if cache is None else (x, cache)
 
 
 def lm_loss_sums(logits: Array, targets: Array, weights: Array) -> dict[str, Array]:
@@ -192,8 +316,20 @@ class TransformerLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array | None = None,
-               segment_ids: Array | None = None) -> Array:
+               segment_ids: Array | None = None, cache: dict[str, Any] | None = None,
+               starts: Array | None = None):
+    """Logits [B, T, vocab] (fp32); with `cache`, (logits, updated cache).
+
+    With a cache, `starts` [B] gives each row's first cache slot (= position)
+    and `positions` defaults to starts_b + t.
+    """
     cfg = self.cfg
+    if cache is not None:
+      if starts is None:
+        raise ValueError("decoding with a cache needs `starts`, each row's first cache slot")
+      starts = starts.astype(jnp.int32)
+      if positions is None:
+        positions = starts[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     if segment_ids is None:
@@ -203,20 +339,32 @@ class TransformerLM(nn.Module):
     x = jnp.take(embedding, tokens, axis=0).astype(cfg.dtype)
     x = nn.with_logical_constraint(
         x, ("activation_batch", "activation_length", "activation_embed"))
-    block = nn.remat(DecoderBlock) if cfg.remat else DecoderBlock
+    policy = REMAT_POLICIES[cfg.remat]
+    if cfg.remat != "none" and cache is None:
+      block = nn.remat(DecoderBlock, policy=policy)
+    else:
+      block = DecoderBlock
+    new_cache = {}
     for i in range(cfg.num_layers):
-      x = block(cfg, name=f"layer_{i}")(x, positions, segment_ids)
+      name = f"layer_{i}"
+      if cache is None:
+        x = block(cfg, name=name)(x, positions, segment_ids)
+      else:
+        x, new_cache[name] = block(cfg, name=name)(x, positions, segment_ids, cache[name], starts)
     x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
-      # Scale so tied logits start O(1) given the unit-variance embedding.
-      logits = (x @ embedding.astype(cfg.dtype).T) / jnp.sqrt(float(cfg.d_model)).astype(cfg.dtype)
+      logits = x @ embedding.astype(cfg.dtype).T
+      if cfg.scale_tied_logits:
+        # Scale so tied logits start O(1) given the unit-variance embedding.
+        logits = logits / jnp.sqrt(float(cfg.d_model)).astype(cfg.dtype)
     else:
       head = _param(self, "lm_head", _dense_init(), (cfg.d_model, cfg.vocab_size),
                     ("embed", "vocab"), cfg.param_dtype)
       logits = x @ head.astype(cfg.dtype)
     logits = logits.astype(jnp.float32)
-    return nn.with_logical_constraint(
+    logits = nn.with_logical_constraint(
         logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits if cache is None else (logits, new_cache)
 
   def loss(self, batch: Mapping[str, Array]) -> dict[str, Array]:
     logits = self(batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
@@ -231,6 +379,8 @@ def build(cfg: TransformerConfig) -> contract.FlaxModel:
 def count_params(cfg: TransformerConfig) -> dict[str, int]:
   """Parameter counts: total, embedding (input table and untied head), non-embedding."""
   attn = cfg.d_model * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+  if cfg.qkv_bias:
+    attn += cfg.head_dim * (cfg.num_heads + 2 * cfg.num_kv_heads)
   mlp = 3 * cfg.d_model * cfg.d_ff
   norms = 2 * cfg.d_model
   per_layer = attn + mlp + norms

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
       d_model=256, num_layers=4, num_heads=8, num_kv_heads=2, head_dim=32, d_ff=768,
       rope_theta=10_000.0, tie_embeddings=True,
       dtype="float32",       # compute dtype: float32 | bfloat16 (params stay float32)
-      remat=False,
+      remat="none",          # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
       # `curated_validation_fraction` of the hash range are held out for eval.
       curated_dir="", curated_validation_fraction=0.1,
       data_dir="~/.cache/armillary/data",
-      vocab="byte", vocab_path="",
+      vocab="byte", vocab_path="",   # byte | sentencepiece | hf_tokenizer (tokenizer.json)
       task_name="",
       seq_len=256,
       global_batch_size=16,
