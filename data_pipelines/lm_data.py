@@ -38,7 +38,8 @@ def _tf():
 
 
 def make_vocabulary(kind: str = "byte", path: str = ""):
-  """`byte` (UTF-8 bytes + pad/eos/unk, 259 ids) or `sentencepiece` (model file)."""
+  """`byte` (UTF-8 bytes + pad/eos/unk, 259 ids), `sentencepiece` (model file)
+  or `hf_tokenizer` (a Hugging Face tokenizer.json, see `hf_vocabulary`)."""
   import seqio  # pylint: disable=g-import-not-at-top
   if kind == "byte":
     return seqio.ByteVocabulary()
@@ -46,7 +47,10 @@ def make_vocabulary(kind: str = "byte", path: str = ""):
     if not path or not os.path.exists(path):
       raise FileNotFoundError(f"config.data.vocab_path={path!r}: SentencePiece model not found")
     return seqio.SentencePieceVocabulary(path)
-  raise ValueError(f"config.data.vocab={kind!r} must be 'byte' or 'sentencepiece'")
+  if kind == "hf_tokenizer":
+    from data_pipelines import hf_vocabulary  # pylint: disable=g-import-not-at-top
+    return hf_vocabulary.HfTokenizerVocabulary(path)
+  raise ValueError(f"config.data.vocab={kind!r} must be 'byte', 'sentencepiece' or 'hf_tokenizer'")
 
 
 def chunk_targets(dataset, sequence_length: Mapping[str, int]):
@@ -64,14 +68,17 @@ def chunk_targets(dataset, sequence_length: Mapping[str, int]):
 
 def vocabulary_identity(vocabulary) -> str:
   """What fixes the token ids a vocabulary produces: its kind, its extra ids
-  and, for SentencePiece, a hash of the model's bytes (so a retrained model
-  under the same path is a different vocabulary). "" when unknown."""
+  and, for SentencePiece and tokenizer.json, a hash of the file's bytes (so a
+  retrained model under the same path is a different vocabulary). "" when unknown."""
   import seqio  # pylint: disable=g-import-not-at-top
+  from data_pipelines import hf_vocabulary  # pylint: disable=g-import-not-at-top
   extra = int(getattr(vocabulary, "extra_ids", 0) or 0)
   if isinstance(vocabulary, seqio.ByteVocabulary):
     return f"byte+{extra}"
   if isinstance(vocabulary, seqio.SentencePieceVocabulary):
     return f"sentencepiece+{extra}:{hashlib.sha256(vocabulary.sp_model).hexdigest()[:16]}"
+  if isinstance(vocabulary, hf_vocabulary.HfTokenizerVocabulary):
+    return f"hf_tokenizer+{extra}:{vocabulary.digest[:16]}"
   return ""
 
 

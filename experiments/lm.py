@@ -66,11 +66,20 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
     fraction = float(config.data.curated_validation_fraction)
     req(0.0 < fraction < 1.0, "data.curated_validation_fraction",
         f"{fraction} must be in (0, 1): the held-out share of the curated documents")
-  req(config.data.vocab in ("byte", "sentencepiece"), "data.vocab",
-      f"{config.data.vocab!r} must be 'byte' or 'sentencepiece'")
-  if config.data.vocab == "sentencepiece":
-    req(os.path.exists(config.data.vocab_path), "data.vocab_path",
-        f"file not found: {config.data.vocab_path!r}")
+  req(config.data.vocab in ("byte", "sentencepiece", "hf_tokenizer"), "data.vocab",
+      f"{config.data.vocab!r} must be 'byte', 'sentencepiece' or 'hf_tokenizer'")
+  if config.data.vocab != "byte":
+    req(bool(config.data.vocab_path) and os.path.exists(config.data.vocab_path),
+        "data.vocab_path", f"file not found: {config.data.vocab_path!r}")
+  from data_pipelines import lm_data  # pylint: disable=g-import-not-at-top
+  try:
+    vocab_size = lm_data.make_vocabulary(config.data.vocab, config.data.vocab_path).vocab_size
+  except (OSError, ValueError, RuntimeError) as err:
+    msg = str(err) if "config.data.vocab_path" in str(err) else f"config.data.vocab_path: {err}"
+    raise config_lib.ConfigError(msg) from None
+  req(int(config.model.get("vocab_size", vocab_size)) >= vocab_size, "model.vocab_size",
+      f"{config.model.get('vocab_size')} is smaller than the {config.data.vocab} "
+      f"vocabulary's {vocab_size} ids")
   return sizes
 
 

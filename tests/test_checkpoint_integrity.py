@@ -433,9 +433,11 @@ class AtomicWriteTest(absltest.TestCase):
   def test_lm_runner_leaves_no_empty_config_json_on_a_full_disk(self):
     from experiments import lm  # pylint: disable=g-import-not-at-top
     workdir = self.create_tempdir().full_path
+    config = lm_testlib.tiny_config()
+    config.model.vocab_size = 384   # validate() wants room for the 259 byte ids
     with mock.patch.object(os, "fsync", side_effect=OSError(errno.ENOSPC, "No space left")):
       with self.assertRaises(files.WriteError) as cm:
-        lm.run(lm_testlib.tiny_config(), workdir)
+        lm.run(config, workdir)
     self.assertIn(os.path.join(workdir, "config.json"), str(cm.exception))
     self.assertIn("free of", str(cm.exception))
     self.assertEqual(os.listdir(workdir), [])
