@@ -130,6 +130,50 @@ class TransformerTest(parameterized.TestCase):
     self.assertEqual(tr.flops_per_token(CFG, 128), want)
 
 
+  @parameterized.parameters("full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+  def test_remat_policies_keep_loss_and_gradients(self, policy):
+    tokens = jax.random.randint(jax.random.key(0), (2, 8), 0, CFG.vocab_size)
+    batch = {"inputs": tokens, "targets": tokens, "weights": jnp.ones_like(tokens)}
+    plain = tr.TransformerLM(CFG)
+    params = unbox(plain.init(jax.random.key(1), tokens)["params"])
+    remat = tr.TransformerLM(tr.TransformerConfig(**{**CFG.__dict__, "remat": policy}))
+    grad = lambda m: jax.jit(jax.grad(
+        lambda p: m.apply({"params": p}, batch, method="loss")["loss"]))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 grad(plain), grad(remat))
+    # The policy really reaches the program: the blocks are checkpointed.
+    jaxpr = lambda m: str(jax.make_jaxpr(jax.grad(
+        lambda p: m.apply({"params": p}, batch, method="loss")["loss"]))(params))
+    self.assertEqual(jaxpr(remat).count("remat2["), CFG.num_layers)
+    self.assertNotIn("remat", jaxpr(plain))
+
+  def test_bool_remat_is_read_as_a_policy(self):
+    self.assertEqual(tr.TransformerConfig(remat=True).remat, "full")
+    self.assertEqual(tr.TransformerConfig(remat=False).remat, "none")
+    with self.assertRaisesRegex(ValueError, "model.remat"):
+      tr.TransformerConfig(remat="everything")
+
+  def test_llama3_rope_scaling_bands(self):
+    cfg = tr.TransformerConfig(head_dim=16, rope_theta=500_000.0, rope_scaling="llama3",
+                               rope_scaling_factor=8.0, rope_original_max_len=64)
+    plain = tr.rope_frequencies(tr.TransformerConfig(head_dim=16, rope_theta=500_000.0))
+    got = tr.rope_frequencies(cfg)
+    wavelength = 2 * np.pi / plain.astype(np.float64)
+    long_waves = wavelength > 64 / 1.0
+    short_waves = wavelength < 64 / 4.0
+    mid = ~long_waves & ~short_waves
+    self.assertTrue(long_waves.any() and short_waves.any() and mid.any())
+    np.testing.assert_allclose(got[long_waves], plain[long_waves] / 8.0, rtol=1e-6)
+    np.testing.assert_allclose(got[short_waves], plain[short_waves], rtol=1e-6)
+    smooth = (64 / wavelength[mid] - 1.0) / (4.0 - 1.0)   # Llama 3.1's interpolation
+    np.testing.assert_allclose(got[mid], (1 - smooth) * plain[mid] / 8.0 + smooth * plain[mid],
+                               rtol=1e-5)
+    linear = tr.rope_frequencies(tr.TransformerConfig(head_dim=16, rope_scaling="linear",
+                                                      rope_scaling_factor=2.0))
+    np.testing.assert_allclose(linear, tr.rope_frequencies(tr.TransformerConfig(head_dim=16)) / 2,
+                               rtol=1e-6)
+
+
 class MLPTest(absltest.TestCase):
 
   def test_forward_matches_numpy(self):
