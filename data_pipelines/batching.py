@@ -66,12 +66,13 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
             "num_shards": int(self.num_shards)}
 
   def set_state(self, state: Mapping[str, int]) -> None:
-    """Moves to a saved position; refuses one of another stream (other seed,
-    global batch size or shard count), where the same (epoch, batch) would
-    name other examples. States saved before the last two were recorded
+    """Moves to a saved position; refuses one of another stream (other seed or
+    global batch size), where the same (epoch, batch) would name other
+    examples. Another shard count is the same stream split over another
+    number of hosts (global batch b is the same rows), so a run resumes on
+    more or fewer processes. States saved before the batch size was recorded
     carry only the seed, which is all they can be checked against."""
-    mine = {"seed": self.seed, "global_batch_size": self.global_batch_size,
-            "num_shards": self.num_shards}
+    mine = {"seed": self.seed, "global_batch_size": self.global_batch_size}
     differ = [f"{k} {int(state[k])} (now {v})" for k, v in mine.items()
               if k in state and int(state[k]) != v]
     if differ:

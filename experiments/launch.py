@@ -17,6 +17,7 @@ import os
 import sys
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -73,7 +74,8 @@ def main(argv):
     print(f"launch: {one_line(err)}", file=sys.stderr)
     sys.exit(2)
   logging.info("run directory: %s", os.path.abspath(workdir))
-  print(json.dumps(summary, default=str, indent=2))
+  if jax.process_index() == 0:  # one summary per job, not one per process
+    print(json.dumps(summary, default=str, indent=2))
 
 
 if __name__ == "__main__":

@@ -75,8 +75,12 @@ def maybe_initialize_distributed() -> bool:
   """Calls `jax.distributed.initialize()` when a multi-process job is detected.
 
   Detection: any of the usual cluster variables (JAX coordinator, SLURM with
-  more than one task, Open MPI, multi-worker TPU VMs). Returns True if it
-  initialised. Must run before any other JAX call touches the backend.
+  more than one task, Open MPI, multi-worker TPU VMs). With
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID also set (N processes on one or more
+  machines, as `tools/local_cluster.py` starts them) those are passed on, with
+  JAX_HEARTBEAT_TIMEOUT_SECONDS / JAX_INITIALIZATION_TIMEOUT_SECONDS if given.
+  Returns True if it initialised. Must run before any other JAX call touches
+  the backend.
   """
   env = os.environ
   multi = False
@@ -92,5 +96,17 @@ def maybe_initialize_distributed() -> bool:
       multi = True
   if not multi:
     return False
-  jax.distributed.initialize()
+  # Explicit processes (`tools/local_cluster.py`, or set by hand): JAX reads
+  # only the coordinator address from the environment, so pass the rest.
+  kwargs = {}
+  if env.get("JAX_NUM_PROCESSES") and env.get("JAX_PROCESS_ID"):
+    kwargs = dict(coordinator_address=env.get("JAX_COORDINATOR_ADDRESS"),
+                  num_processes=int(env["JAX_NUM_PROCESSES"]),
+                  process_id=int(env["JAX_PROCESS_ID"]))
+    # A process that died is noticed by the others after this many seconds.
+    if env.get("JAX_HEARTBEAT_TIMEOUT_SECONDS"):
+      kwargs["heartbeat_timeout_seconds"] = int(env["JAX_HEARTBEAT_TIMEOUT_SECONDS"])
+    if env.get("JAX_INITIALIZATION_TIMEOUT_SECONDS"):
+      kwargs["initialization_timeout"] = int(env["JAX_INITIALIZATION_TIMEOUT_SECONDS"])
+  jax.distributed.initialize(**kwargs)
   return True

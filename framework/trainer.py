@@ -155,10 +155,12 @@ def train(config: Any, model: Any, train_iter: Iterator[dict[str, np.ndarray]], 
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   peak, peak_source = flops_lib.peak_flops_per_device(float(tcfg.get("peak_flops", 0.0)))
   start_step = int(jax.device_get(state.step))
+  print_fn = ((lambda s: logging.info("%s", s)) if not tcfg.get("print_progress", True)
+              else None)
   progress = progress_lib.Progress(total_steps, "train", start=start_step,
                                    every_s=float(tcfg.get("progress_every_s", 10.0)),
-                                   unit="step", print_fn=(lambda s: logging.info("%s", s))
-                                   if not tcfg.get("print_progress", True) else None)
+                                   unit="step",
+                                   print_fn=print_fn if is_main else (lambda s: None))
   if is_main:
     logging.info("training %d params on mesh %s; peak %.3g FLOP/s/device (%s)",
                  train_state_lib.param_count(state.params), dict(mesh.shape), peak, peak_source)
