@@ -25,6 +25,7 @@ _MODULES = (
     "models.sparse_mlp",
     "models.algebraic_nets",
     "models.genqot",
+    "models.matformer",
 )
 
 

@@ -69,6 +69,9 @@ CASES: dict[str, tuple[dict[str, Any], Callable]] = {
     "genqot": (dict(num_lags=4, hidden=8), _orders_batch),
     "sparse_mlp": (dict(width=8, sparsity=2, num_outputs=3, loss="xent"),
                    _classifier_batch((5,))),
+    "matformer": (dict(vocab_size=64, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2,
+                       head_dim=4, d_ff=32, granularities=(8, 16, 32), interleave=4),
+                  _lm_batch),
 }
 
 
