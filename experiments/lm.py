@@ -6,10 +6,12 @@ then writes a loss plot and `report.md` into the run directory.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -19,6 +21,7 @@ from data_pipelines import batching, lm_sources
 from experiments.configs import lm_quickstart
 from framework import config as config_lib
 from framework import files
+from framework import hf_checkpoint
 from framework import mesh as mesh_lib
 from framework import metrics as metrics_lib
 from framework import trainer
@@ -42,6 +45,8 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, int]:
   except (TypeError, ValueError) as err:
     raise config_lib.ConfigError(str(err)) from None
   req(config.data.seq_len > 1, "data.seq_len", "must be > 1")
+  req(not config.init_from or str(config.init_from).startswith("hf:"), "init_from",
+      f"{config.init_from!r} must be '' or 'hf:/path/to/checkpoint_dir'")
   batch_shards = sizes["data"] * sizes["fsdp"]
   gbs = int(config.data.global_batch_size)
   req(gbs % batch_shards == 0, "data.global_batch_size",
@@ -125,7 +130,91 @@ def plot_losses(workdir: str, unigram: float | None) -> str:
   return path
 
 
+# config.model fields that stay ours under init_from: numerics and the registry name.
+INIT_FROM_KEEPS = ("name", "dtype", "param_dtype", "remat")
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  ckpt = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
+
+
+def resolve_init_from(config: ml_collections.ConfigDict,
+                      workdir: str) -> ml_collections.ConfigDict:
+  """`config` with `config.model` defined by `config.init_from` ("hf:DIR"), checked.
+
+  The checkpoint's config.json defines the model: every TransformerConfig
+  field comes from it, except dtype, param_dtype and remat, which stay
+  config.model's. A config.model field set to anything other than its default
+  (the quickstart's value, else the dataclass's) that disagrees with
+  config.json is a ConfigError naming it; fields left at their defaults are
+  replaced. The checkpoint's tensor names and shapes are checked here, before
+  any data is read. A run that resumes from its own checkpoint never reads the
+  weights (the checkpoint wins); if DIR is gone by then, the model recorded
+  in workdir/config.json is used.
+  """
+  source = str(config.get("init_from") or "")
+  if not source:
+    return config
+  req = config_lib.require
+  req(source.startswith("hf:") and len(source) > 3, "init_from",
+      f"{source!r} must be 'hf:/path/to/checkpoint_dir' (a Hugging Face safetensors checkpoint)")
+  req(config.model.get("name") == "transformer", "init_from",
+      f"needs model.name='transformer', not {config.model.get('name')!r}")
+  path = source[3:]
+  try:
+    hf_cfg = hf_checkpoint.check_hf(path)
+  except FileNotFoundError as err:
+    saved = os.path.join(workdir, "config.json")
+    if not (_has_checkpoint(workdir) and os.path.isfile(saved)):
+      raise config_lib.ConfigError(f"config.init_from: {err}") from None
+    logging.warning("config.init_from: %s; resuming from the run's own checkpoint with the "
+                    "model recorded in %s", err, saved)
+    with open(saved, encoding="utf-8") as f:
+      merged = dict(json.load(f)["model"])
+    merged.update({k: config.model[k] for k in INIT_FROM_KEEPS if k in config.model})
+  except ValueError as err:
+    raise config_lib.ConfigError(f"config.init_from: {err}") from None
+  else:
+    defaults = default_config().model
+    conflicts = []
+    merged = dict(config.model)
+    for field in dataclasses.fields(transformer.TransformerConfig):
+      if field.name in INIT_FROM_KEEPS:
+        continue
+      theirs = getattr(hf_cfg, field.name)
+      if field.name in config.model:
+        ours = config.model[field.name]
+        if ours != defaults.get(field.name, field.default) and ours != theirs:
+          conflicts.append(f"config.model.{field.name}={ours!r} (config.json: {theirs!r})")
+      merged[field.name] = theirs
+    if conflicts:
+      raise config_lib.ConfigError(
+          f"config.init_from: {path}/config.json defines the model, and these config.model "
+          f"fields disagree with it: {'; '.join(conflicts)} (leave them unset)")
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(merged)
+  return config
+
+
+def hf_init_state(path: str) -> Callable[[Any], Any]:
+  """`trainer.train`'s init_state: a fresh state's params replaced by the checkpoint's,
+  read straight into the same shardings. The random params are freed first, so
+  the model is never twice in device memory. The optimizer state is kept: it
+  is the initial one for the same shapes (zeros for Adam's moments)."""
+  def init_state(state):
+    shardings = jax.tree.map(lambda x: x.sharding, state.params)
+    dtype = jax.tree.leaves(state.params)[0].dtype
+    jax.tree.map(lambda x: x.delete(), state.params)
+    _, params = hf_checkpoint.load_hf(path, shardings=shardings, dtype=dtype)
+    logging.info("init_from: params loaded from %s", path)
+    return state.replace(params=params)
+  return init_state
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) -> dict[str, Any]:
+  config = resolve_init_from(config, workdir)
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
@@ -141,6 +230,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
                     "batch of %d: no evaluation", len(arrays["validation"]["targets"]), gbs)
   mcfg = model_config(config)
   model = registry.build(config.model)
+  if config.init_from:  # used by a fresh run only: a resumed one restores its checkpoint
+    if "init_state" in train_kwargs:
+      raise ValueError("config.init_from and an init_state argument both set the initial params")
+    train_kwargs["init_state"] = hf_init_state(config.init_from[len("hf:"):])
   result = trainer.train(
       config, model, train_iter, workdir=workdir,
       eval_batches=eval_batches_fn(arrays["validation"], gbs, int(config.data.eval_batches)),

@@ -163,6 +163,14 @@ def check_tensors(cfg: transformer.TransformerConfig, reader: _Reader, where: st
   return maps
 
 
+def check_hf(path: str) -> transformer.TransformerConfig:
+  """The checkpoint's config after checking its tensor names and shapes (reads no data)."""
+  cfg = hf_config(path)
+  with contextlib.ExitStack() as stack:
+    check_tensors(cfg, _Reader(path, stack), path)
+  return cfg
+
+
 def _example_batch() -> dict[str, np.ndarray]:
   z = np.zeros((1, 2), np.int32)
   return {"inputs": z, "targets": z, "weights": z}

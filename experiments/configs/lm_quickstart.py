@@ -16,6 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.runner = "experiments.lm"
   c.seed = 0
+  # "hf:/path/to/dir": start from a Hugging Face Llama/Mistral/Qwen2 safetensors
+  # checkpoint; its config.json defines the model (config.model keeps dtype and
+  # remat; other fields set there must agree). Ignored when resuming a run.
+  c.init_from = ""
 
   # `name` picks the model from `models.registry`; the other keys are the
   # fields of its config dataclass (here `models.transformer.TransformerConfig`).
