@@ -25,6 +25,10 @@ CFG = mf.MatFormerConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, n
                          head_dim=8, d_ff=64, granularities=(8, 16, 32, 64), interleave=4)
 
 
+# One layer, for the tests that compile many granularities.
+SMALL = mf.MatFormerConfig(**dict(CFG.__dict__, num_layers=1))
+
+
 def _batch(rng, n=4, t=12, vocab=64):
   seq = rng.integers(0, vocab, (n, t + 1))
   return {"inputs": seq[:, :-1].astype(np.int32), "targets": seq[:, 1:].astype(np.int32),
@@ -127,8 +131,7 @@ class ExtractionTest(parameterized.TestCase):
 
   def test_universal_params_are_transformer_params(self):
     params, batch = _init()
-    plain = tr.TransformerLM(mf.plain_config(CFG, CFG.d_ff))
-    want = plain.apply({"params": params}, batch["inputs"])
+    want = _plain_logits(params, batch["inputs"], mf.plain_config(CFG, CFG.d_ff))
     np.testing.assert_allclose(_logits(params, batch["inputs"]), want, rtol=1e-6, atol=1e-6)
 
   @parameterized.parameters(8, 16, 32, 64, [(8, 32)], [(64, 16)], [(24, 40)])
@@ -170,7 +173,7 @@ class ExtractionTest(parameterized.TestCase):
 class ObjectiveTest(parameterized.TestCase):
 
   def test_joint_loss_and_gradient_are_weighted_sums_over_granularities(self):
-    cfg = mf.MatFormerConfig(**dict(CFG.__dict__, loss_weights=(0.1, 0.2, 0.3, 0.4)))
+    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, loss_weights=(0.1, 0.2, 0.3, 0.4)))
     params, batch = _init(cfg)
     model = mf.build(cfg)
 
@@ -204,10 +207,10 @@ class ObjectiveTest(parameterized.TestCase):
 
   def test_sampled_mode_picks_one_granularity_per_step_with_its_probability(self):
     probs = (0.5, 0.3, 0.15, 0.05)
-    cfg = mf.MatFormerConfig(**dict(CFG.__dict__, mode="sampled", sample_probs=probs))
+    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, mode="sampled", sample_probs=probs))
     params, batch = _init(cfg)
     model = mf.build(cfg)
-    per_gran = model.loss(params, batch)   # no step: every granularity and the expectation
+    per_gran = jax.jit(model.loss)(params, batch)   # no step: every granularity and the expectation
     losses = np.array([float(per_gran[f"loss_ffn{m}"]) for m in cfg.granularities])
     np.testing.assert_allclose(float(per_gran["loss"]), float(np.dot(probs, losses)), rtol=1e-5)
     step_loss = jax.jit(lambda s: model.loss(params, dict(batch, step=s)))
@@ -236,7 +239,7 @@ def _forward_flops(cfg, granularity, tokens):
 class FlopsTest(absltest.TestCase):
 
   def test_compiled_flops_drop_by_the_ffn_matmuls(self):
-    cfg = mf.MatFormerConfig(**dict(CFG.__dict__, d_ff=256, granularities=(32, 64, 128, 256),
+    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, d_ff=256, granularities=(32, 64, 128, 256),
                                     interleave=8))
     tokens = np.zeros((2, 16), np.int32)
     n = tokens.size
@@ -299,7 +302,7 @@ class DecodingInterfaceTest(absltest.TestCase):
     params, batch = _init()
     tokens = batch["inputs"][:2, :10]
     module = mf.MatFormerLM(CFG, granularity=(16, 32))
-    full = module.apply({"params": params}, tokens)
+    full = _logits(params, tokens, granularity=(16, 32))
     step = jax.jit(lambda c, x, s: module.apply({"params": params}, x, cache=c, starts=s))
     cache = tr.init_cache(CFG, 2, 16)
     logits, cache = step(cache, tokens[:, :6], jnp.zeros((2,), jnp.int32))
