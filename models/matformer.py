@@ -280,6 +280,33 @@ class MatFormerLM(nn.Module):
     out["accuracy"] = out[f"accuracy_ffn{grans[-1]}"]
     return out
 
+  def consistency(self, batch: Mapping[str, Array], granularity: Granularity
+                  ) -> dict[str, Array]:
+    """`consistency_sums` of the sub-model `granularity` against the universal model."""
+    args = (batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
+    return consistency_sums(self(*args, granularity=granularity),
+                            self(*args, granularity=self.cfg.d_ff), batch["weights"])
+
+
+def consistency_sums(sub_logits: Array, ref_logits: Array, weights: Array) -> dict[str, Array]:
+  """Consistency of a sub-model q with a reference p (the universal model), summed
+  over the weighted positions t (sums, like the loss):
+
+    agree = sum_t w_t [argmax_v q_t(v) = argmax_v p_t(v)]   (greedy-token agreement)
+    kl    = sum_t w_t KL(p_t || q_t) = sum_t w_t sum_v p_t(v) (log p_t(v) - log q_t(v))
+    kl_reverse = sum_t w_t KL(q_t || p_t)
+
+  with "tokens" = sum_t w_t; divide by it for the means.
+  """
+  logp = jax.nn.log_softmax(ref_logits.astype(jnp.float32), axis=-1)
+  logq = jax.nn.log_softmax(sub_logits.astype(jnp.float32), axis=-1)
+  weights = weights.astype(jnp.float32)
+  kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+  kl_reverse = jnp.sum(jnp.exp(logq) * (logq - logp), axis=-1)
+  agree = (jnp.argmax(sub_logits, -1) == jnp.argmax(ref_logits, -1)).astype(jnp.float32)
+  return {"agree": jnp.sum(agree * weights), "kl": jnp.sum(kl * weights),
+          "kl_reverse": jnp.sum(kl_reverse * weights), "tokens": jnp.sum(weights)}
+
 
 class MatFormerModel(contract.FlaxModel):
   """`FlaxModel` that asks for batch["step"] when it samples a granularity per step."""

@@ -296,6 +296,35 @@ class ShardingTest(parameterized.TestCase):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+class ConsistencyTest(absltest.TestCase):
+
+  def test_agreement_and_kl_on_constructed_distributions(self):
+    # Row 0: p = (1/4, 3/4), q = (1/2, 1/2) (argmax tie -> id 0: disagree).
+    # Row 1: p = q = (0.9, 0.1) (agree, KL 0). Row 2: weight 0 (ignored).
+    p = np.log(np.array([[0.25, 0.75], [0.9, 0.1], [0.5, 0.5]]))
+    q = np.log(np.array([[0.5, 0.5], [0.9, 0.1], [0.99, 0.01]]))
+    out = mf.consistency_sums(jnp.asarray(q[None]), jnp.asarray(p[None]),
+                              jnp.asarray([[1.0, 1.0, 0.0]]))
+    kl0 = 0.25 * np.log(0.25 / 0.5) + 0.75 * np.log(0.75 / 0.5)
+    rev0 = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75)
+    self.assertEqual(float(out["tokens"]), 2.0)
+    self.assertEqual(float(out["agree"]), 1.0)
+    np.testing.assert_allclose(float(out["kl"]), kl0, rtol=1e-5)
+    np.testing.assert_allclose(float(out["kl_reverse"]), rev0, rtol=1e-5)
+
+  def test_universal_model_is_consistent_with_itself_and_sub_models_less(self):
+    params, batch = _init()
+    fn = jax.jit(lambda p, m: mf.MatFormerLM(CFG).apply({"params": p}, batch, m,
+                                                        method="consistency"),
+                 static_argnums=1)
+    same = fn(params, CFG.d_ff)
+    self.assertEqual(float(same["agree"]), float(same["tokens"]))
+    self.assertAlmostEqual(float(same["kl"]), 0.0, places=6)
+    sub = fn(params, 8)
+    self.assertGreater(float(sub["kl"]), 1e-4)
+    self.assertLessEqual(float(sub["agree"]), float(sub["tokens"]))
+
+
 class DecodingInterfaceTest(absltest.TestCase):
 
   def test_kv_cache_decode_equals_full_forward_at_a_granularity(self):
