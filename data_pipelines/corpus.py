@@ -25,7 +25,7 @@ def pydoc_documents() -> dict[str, list[dict[str, str]]]:
 
 
 def write_jsonl(path: str, documents: list[dict[str, str]]) -> None:
-  tmp = path + ".tmp"
+  tmp = f"{path}.{os.getpid()}.tmp"  # per process: N hosts may write it at once
   with open(tmp, "w", encoding="utf-8") as f:
     for doc in documents:
       f.write(json.dumps(doc) + "\n")

@@ -197,7 +197,7 @@ def packed_arrays(task_name: str, split: str, seq_len: int, cache_dir: str = "")
             for k, v in rows.items()}
   if path:
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
+    tmp = f"{path}.{os.getpid()}.tmp.npz"  # per process: N hosts may pack at once
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
   logging.info("packed %s/%s: %d sequences of %d tokens", task_name, split,

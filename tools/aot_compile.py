@@ -266,9 +266,8 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
     if header and not line.startswith(" "):
       current = header.group(2)
       comps[current] = []
-      params[current] = {name: shape for name, shape in
-                         re.findall(r"([\w.\-]+):\s*([^,]+(?:\[[^\]]*\][^,]*)?)",
-                                    header.group(3))}
+      params[current] = dict(re.findall(
+          r"([\w.\-]+):\s*(\([^)]*\)|[a-z][a-z0-9]*\[[^\]]*\])", header.group(3)))
       if header.group(1):
         entry = current
       continue

@@ -67,21 +67,31 @@ def free_port() -> int:
     return int(s.getsockname()[1])
 
 
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                    "JAX_HEARTBEAT_TIMEOUT_SECONDS")
+
+
 def process_env(index: int, num: int, port: int, devices: int, heartbeat_s: int,
                 base: Optional[dict] = None) -> dict[str, str]:
-  """The environment of process `index` of `num` (module docstring)."""
+  """The environment of process `index` of `num` (module docstring); one
+  process (-n 1) is a plain single-process run on `devices` devices."""
   env = dict(os.environ if base is None else base)
+  for key in _DISTRIBUTED_ENV:
+    env.pop(key, None)
   flags_ = [f for f in env.get("XLA_FLAGS", "").split()
             if not f.startswith("--xla_force_host_platform_device_count")]
   env.update({
-      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-      "JAX_NUM_PROCESSES": str(num),
-      "JAX_PROCESS_ID": str(index),
       "JAX_PLATFORMS": "cpu",
-      "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-      "JAX_HEARTBEAT_TIMEOUT_SECONDS": str(int(heartbeat_s)),
       "XLA_FLAGS": " ".join(flags_ + [f"--xla_force_host_platform_device_count={devices}"]),
   })
+  if num > 1:
+    env.update({
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": str(num),
+        "JAX_PROCESS_ID": str(index),
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+        "JAX_HEARTBEAT_TIMEOUT_SECONDS": str(int(heartbeat_s)),
+    })
   return env
 
 
@@ -94,11 +104,12 @@ def describe_status(code: int) -> str:
   return f"exited with status {code}"
 
 
-def _pump(index: int, stream: IO[bytes], log: Optional[IO[str]], lock: threading.Lock):
+def _pump(index: int, stream: IO[bytes], log: Optional[IO[str]], lock: threading.Lock,
+          print_fn):
   for raw in iter(stream.readline, b""):
     line = raw.decode("utf-8", "replace").rstrip("\n")
     with lock:
-      print(f"[{index}] {line}", flush=True)
+      print_fn(f"[{index}] {line}", flush=True)
       if log is not None:
         log.write(line + "\n")
         log.flush()
@@ -106,12 +117,12 @@ def _pump(index: int, stream: IO[bytes], log: Optional[IO[str]], lock: threading
 
 
 class Cluster:
-  """N processes of `python -m module args`; `wait()` returns the job's status."""
+  """N processes of `command` (argv list); `wait()` returns the job's status."""
 
-  def __init__(self, num: int, args: Sequence[str], *, module: str = "experiments.launch",
+  def __init__(self, num: int, command: Sequence[str], *,
                devices_per_process: int = 4, port: int = 0, heartbeat_s: int = 10,
                grace_s: float = 15.0, timeout_s: float = 0.0, log_dir: str = "",
-               print_fn=print):
+               cwd: Optional[str] = None, print_fn=print):
     if num < 1:
       raise ValueError(f"-n must be >= 1, got {num}")
     self.num, self.grace_s, self.timeout_s = num, grace_s, timeout_s
@@ -119,6 +130,7 @@ class Cluster:
     self.port = port or free_port()
     self.procs: list[subprocess.Popen] = []
     self.threads: list[threading.Thread] = []
+    self.exit_times: list[Optional[float]] = [None] * num   # to tell who died first
     self.logs: list[IO[str]] = []
     lock = threading.Lock()
     if log_dir:
@@ -126,19 +138,25 @@ class Cluster:
     self.start = time.monotonic()
     for i in range(num):
       env = process_env(i, num, self.port, devices_per_process, heartbeat_s)
-      proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env,
+      proc = subprocess.Popen(list(command), env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+                              stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
       self.procs.append(proc)
       log = open(os.path.join(log_dir, f"process_{i}.log"), "w") if log_dir else None
       if log is not None:
         self.logs.append(log)
-      thread = threading.Thread(target=_pump, args=(i, proc.stdout, log, lock), daemon=True)
+      thread = threading.Thread(target=_pump, args=(i, proc.stdout, log, lock, print_fn),
+                                daemon=True)
       thread.start()
       self.threads.append(thread)
+      threading.Thread(target=self._note_exit, args=(i,), daemon=True).start()
     self.print(f"local_cluster: {num} processes x {devices_per_process} devices, "
                f"coordinator 127.0.0.1:{self.port}, pids "
                f"{[p.pid for p in self.procs]}", flush=True)
+
+  def _note_exit(self, index: int) -> None:
+    self.procs[index].wait()
+    self.exit_times[index] = time.monotonic()
 
   def signal_all(self, sig: int) -> None:
     for proc in self.procs:
@@ -175,7 +193,8 @@ class Cluster:
           break
         bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
         if bad:
-          failed = bad[0]
+          time.sleep(0.05)  # let the waiter threads note the exit times
+          failed = min(bad, key=lambda ic: self.exit_times[ic[0]] or float("inf"))
           elapsed = time.monotonic() - self.start
           self.print(f"local_cluster: process {failed[0]} {describe_status(failed[1])} after "
                      f"{elapsed:.1f} s; the others cannot go on without it and get "
@@ -215,7 +234,7 @@ def main(argv):
   if not args:
     raise app.UsageError("give the launch arguments after --, e.g. "
                          "-n 2 -- --config=experiments/configs/lm_quickstart.py")
-  cluster = Cluster(_N.value, args, module=_MODULE.value,
+  cluster = Cluster(_N.value, [sys.executable, "-m", _MODULE.value, *args],
                     devices_per_process=_DEVICES.value, port=_PORT.value,
                     heartbeat_s=_HEARTBEAT.value, grace_s=_GRACE.value,
                     timeout_s=_TIMEOUT.value, log_dir=_LOG_DIR.value)
