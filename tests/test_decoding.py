@@ -5,6 +5,9 @@ forward (no cache) re-run on the whole prefix for every new token, and numpy
 for log-softmax, sampling distributions and chi-square statistics.
 """
 import functools
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -13,9 +16,19 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from scipy import stats
 
+from experiments import generate as generate_cli
+from experiments.configs import lm_quickstart
+from framework import checkpoint as checkpoint_lib
 from framework import decoding
+from framework import hf_checkpoint
 from framework import mesh as mesh_lib
+from framework import optim
+from framework import train_state
+from models import registry
 from models import transformer as tr
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BASE = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
             head_dim=8, d_ff=48)
@@ -357,6 +370,97 @@ class TextGenerationTest(absltest.TestCase):
     out = decoding.generate_texts(module, params, Letters(), ["AB"], max_new_tokens=6,
                                   stop_tokens=(stop,), stop_at_eos=False)
     self.assertEqual(out, [want[:first]])
+
+
+class TransformersReferenceTest(parameterized.TestCase):
+  """Our KV-cache greedy decoding of imported checkpoints equals transformers'
+  own `generate(do_sample=False)` (tests/fixtures/hf, made by tools/make_hf_fixtures.py)."""
+
+  @parameterized.parameters("llama", "llama3_scaled", "mistral", "qwen2")
+  def test_greedy_matches_transformers_generate(self, name):
+    cfg, params = hf_checkpoint.load_hf(os.path.join(FIXTURES, name))
+    with np.load(os.path.join(FIXTURES, name, "expected.npz")) as e:
+      e = {k: e[k] for k in e.files}
+    module = tr.TransformerLM(cfg)
+    steps = e["greedy"].shape[1]
+    full = decoding.generate(module, params, (e["prompts"], e["prompt_lengths"]),
+                             max_new_tokens=steps)
+    np.testing.assert_array_equal(full.tokens, e["greedy"])
+    ragged = decoding.generate(module, params, (e["ragged_prompts"],
+                                                e["ragged_prompt_lengths"]),
+                               max_new_tokens=steps)
+    np.testing.assert_array_equal(ragged.tokens, e["ragged_greedy"])
+    if name == "mistral":   # the window is shorter than prompt + generation
+      self.assertLess(cfg.sliding_window, e["prompts"].shape[1] + steps)
+
+
+def _tiny_run_config():
+  c = lm_quickstart.get_config()
+  c.model.update(dict(vocab_size=384, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, d_ff=48))
+  c.data.update(dict(seq_len=16, global_batch_size=4))
+  c.mesh.shape = {"data": 1, "fsdp": 1, "tensor": 1}
+  return c
+
+
+class EntryPointTest(absltest.TestCase):
+
+  def test_load_run_restores_newest_checkpoint_and_generates(self):
+    workdir = self.create_tempdir().full_path
+    config = _tiny_run_config()
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    model = registry.build(config.model)
+    tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.schedule, 10))
+    example = {k: np.zeros((1, 16), np.int32)
+               for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1,
+                                       async_save=False)
+    for step, seed in ((3, 1), (7, 2)):   # the newest (step 7, seed 2) must be restored
+      params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed), example))
+      state = train_state.TrainState(step=jnp.int32(step), params=params,
+                                     opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+      ckpt.save(step, state, None, force=True)
+    ckpt.close()
+    lm = generate_cli.load_run(workdir)
+    self.assertIn("step 7", lm.source)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 lm.params, state.params)
+    self.assertEqual((lm.bos_id, lm.stop_tokens), (0, (1,)))   # byte vocabulary: EOS id 1
+    outs = generate_cli.generate(lm, ["ab", [7, 8]], max_new_tokens=6, stop_at_eos=False)
+    want = decoding.generate(model.module, state.params,
+                             [[0] + list(lm.vocabulary.encode("ab")), [0, 7, 8]],
+                             max_new_tokens=6)
+    self.assertEqual([c.new_ids for c in outs], want.tokens.tolist())
+    self.assertEqual(outs[0].text, lm.vocabulary.decode(want.tokens[0].tolist()))
+    section = generate_cli.report_samples(model.module, state.params, lm.vocabulary,
+                                          max_new_tokens=4)
+    self.assertIn("## Samples", section)
+    self.assertEqual(section.count("```text"), len(generate_cli.SAMPLE_PROMPTS))
+
+  def test_load_run_errors_name_the_problem(self):
+    missing = os.path.join(self.create_tempdir().full_path, "nope")
+    with self.assertRaisesRegex(generate_cli.GenerateError, "nope.*no such directory"):
+      generate_cli.load_run(missing)
+    workdir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(generate_cli.GenerateError, "config.json not found"):
+      generate_cli.load_run(workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(_tiny_run_config().to_json_best_effort())
+    with self.assertRaisesRegex(generate_cli.GenerateError, "checkpoints: no checkpoint"):
+      generate_cli.load_run(workdir)
+
+  def test_command_line_error_is_one_line_exit_2(self):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.generate", "--hf", os.path.join(FIXTURES, "llama"),
+         "--prompt_ids=3,4,5", "--max_new_tokens=40", "--cache_size=32"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    last = proc.stderr.strip().splitlines()[-1]
+    self.assertRegex(last, r"^generate: prompt row 0 has 3 tokens; with max_new_tokens=40 it "
+                     r"needs 43 cache slots but cache_size=32")
+    self.assertNotIn("Traceback", proc.stderr)
 
 
 if __name__ == "__main__":
