@@ -213,6 +213,21 @@ def hf_init_state(path: str) -> Callable[[Any], Any]:
   return init_state
 
 
+def report_samples(config: ml_collections.ConfigDict, model: Any, params: Any) -> str:
+  """report.md's "## Samples": greedy continuations of fixed prompts (every process
+  runs the generation; a failure is reported in the section, not raised)."""
+  from data_pipelines import lm_data  # pylint: disable=g-import-not-at-top
+  from experiments import generate  # pylint: disable=g-import-not-at-top
+  if not isinstance(getattr(model, "module", None), transformer.TransformerLM):
+    return ""   # decoding supports the plain transformer LM only
+  try:
+    vocab = lm_data.make_vocabulary(config.data.vocab, config.data.vocab_path)
+    return generate.report_samples(model.module, params, vocab)
+  except Exception as err:  # pylint: disable=broad-except
+    logging.warning("report samples failed: %s", err)
+    return f"\n## Samples\n\nGeneration failed: {type(err).__name__}: {err}\n"
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) -> dict[str, Any]:
   config = resolve_init_from(config, workdir)
   validate(config)
@@ -251,6 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
       "train_tokens": int(arrays["train"]["weights"].sum()),   # non-padding targets, one epoch
       "train_sequences": len(arrays["train"]["targets"]),
   }
+  samples = "" if result.preempted else report_samples(config, model, result.state.params)
   if jax.process_index() == 0:
     # Reference line: the training text's unigram entropy in the model's units.
     reference = lm_sources.unigram_entropy(config.data)
@@ -277,6 +293,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
                 f"unigram entropy {unigram:.3f}: the model learned "
                 f"{'beyond' if summary['eval_loss'] < unigram else 'less than'} unigram "
                 "statistics. Loss curve: loss.png.\n")
+      f.write(samples)
   files.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   logging.info("summary: %s", summary)
   return summary
