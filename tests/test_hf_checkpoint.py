@@ -289,6 +289,20 @@ class BadCheckpointTest(parameterized.TestCase):
     buf = "model.layers.0.self_attn.rotary_emb.inv_freq"
     out = _copy_fixture(self, "llama", lambda t: t.update({buf: np.ones(8, np.float32)}))
     self.assertEqual(hf_checkpoint.load_hf(out)[0].num_layers, 2)
+    # A tied model's stray lm_head.weight is ignored, as transformers ties it anyway.
+    out = _copy_fixture(self, "llama3_scaled", lambda t: t.update(
+        {"lm_head.weight": t["model.embed_tokens.weight"] + 1}))
+    cfg, params = hf_checkpoint.load_hf(out)
+    self.assertTrue(cfg.tie_embeddings)
+    self.assertNotIn("lm_head", params)
+
+  def test_index_naming_a_missing_shard_names_it(self):
+    cfg, params = hf_checkpoint.load_hf(_fixture("llama"))
+    out = self.create_tempdir().full_path
+    written = hf_checkpoint.save_hf(out, cfg, params, max_shard_bytes=100_000)
+    os.remove(written[1])
+    with self.assertRaisesRegex(FileNotFoundError, os.path.basename(written[1])):
+      hf_checkpoint.load_hf(out)
 
   @parameterized.parameters(
       (dict(model_type="gpt2"), "model_type='gpt2'"),
