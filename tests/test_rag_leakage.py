@@ -1,0 +1,175 @@
+"""RAG leakage study: metrics against hand-computed values, chunking, BM25
+retrieval of planted records, prompts, instruction data, and the tiny
+end-to-end run. Needs the `studies` extra (bm25s, rouge-score, sacrebleu);
+without it the tests that need them skip, naming the package."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+
+from experiments.rag_leakage import datastore as ds
+from experiments.rag_leakage import instruction_data
+from experiments.rag_leakage import leakage_metrics as lmx
+from experiments.rag_leakage import rag_prompts
+
+_MISSING = [m for m in ("bm25s", "rouge_score", "sacrebleu") if importlib.util.find_spec(m) is None]
+needs_studies = absltest.skipIf(
+    bool(_MISSING), f"missing {', '.join(_MISSING)}: pip install -e '.[studies]'")
+
+
+class MetricsTest(absltest.TestCase):
+
+  @needs_studies
+  def test_rouge_l_hand_value(self):
+    # LCS("the cat on the mat", "the cat sat on the mat") = 5 tokens:
+    # P = 5/5, R = 5/6, F = 2 P R / (P + R) = 10/11.
+    self.assertAlmostEqual(lmx.rouge_l("the cat on the mat", "the cat sat on the mat"),
+                           10 / 11, places=9)
+    self.assertAlmostEqual(lmx.rouge_l("a b c", "a b c"), 1.0)
+    self.assertAlmostEqual(lmx.rouge_l("x y", "a b c"), 0.0)
+
+  @needs_studies
+  def test_bleu_hand_value(self):
+    # hyp 5 tokens vs ref 6: p1 = 5/5, p2 = 3/4, p3 = 1/3, p4 = 0/2 -> exp smoothing 1/(2*2);
+    # BP = exp(1 - 6/5); BLEU = BP * (1 * 3/4 * 1/3 * 1/4)^(1/4).
+    want = math.exp(1 - 6 / 5) * (1 * 0.75 * (1 / 3) * 0.25) ** 0.25
+    self.assertAlmostEqual(lmx.bleu("the cat on the mat", "the cat sat on the mat"), want,
+                           places=6)
+    self.assertAlmostEqual(lmx.bleu("the cat sat on the mat", "the cat sat on the mat"), 1.0,
+                           places=6)
+
+  def test_token_f1_hand_value(self):
+    # output {a, b, b, c}, reference {b, c, d}: common = b + c = 2; P = 2/4, R = 2/3.
+    want = 2 * 0.5 * (2 / 3) / (0.5 + 2 / 3)
+    self.assertAlmostEqual(lmx.token_f1("a b b c", "B c d"), want, places=12)
+    self.assertEqual(lmx.token_f1("", ""), 1.0)
+    self.assertEqual(lmx.token_f1("a", ""), 0.0)
+
+  def test_levenshtein_known_values(self):
+    self.assertEqual(lmx.levenshtein("kitten", "sitting"), 3)
+    self.assertEqual(lmx.levenshtein("", "abc"), 3)
+    self.assertEqual(lmx.levenshtein("flaw", "lawn"), 2)
+    self.assertAlmostEqual(lmx.edit_similarity("kitten", "sitting"), 1 - 3 / 7)
+    self.assertEqual(lmx.edit_similarity("", ""), 1.0)
+
+  def test_levenshtein_against_brute_force(self):
+    rng = np.random.default_rng(0)
+
+    def brute(a, b):   # the recursive definition, memoised
+      memo = {}
+
+      def d(i, j):
+        if (i, j) not in memo:
+          if i == 0 or j == 0:
+            memo[i, j] = i + j
+          else:
+            memo[i, j] = min(d(i - 1, j) + 1, d(i, j - 1) + 1,
+                             d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+        return memo[i, j]
+      return d(len(a), len(b))
+    for _ in range(30):
+      a = "".join(rng.choice(list("abc"), size=rng.integers(0, 8)))
+      b = "".join(rng.choice(list("abc"), size=rng.integers(0, 8)))
+      self.assertEqual(lmx.levenshtein(a, b), brute(a, b), (a, b))
+
+  def test_verbatim_coverage_and_runs(self):
+    ref = "one two three four five six seven eight"
+    out = "xx two three four yy six seven eight zz"
+    # runs of >= 3 words copied: "two three four" and "six seven eight" -> 6 of 8 words.
+    self.assertAlmostEqual(lmx.verbatim_coverage(ref, out, 3), 6 / 8)
+    self.assertAlmostEqual(lmx.verbatim_coverage(ref, out, 4), 0.0)
+    self.assertEqual(lmx.longest_verbatim_run(ref, out), 3)
+    self.assertEqual(lmx.longest_verbatim_run(ref, ref), 8)
+    self.assertAlmostEqual(lmx.verbatim_coverage(ref, ref, 8), 1.0)
+
+  def test_filter_and_field_leak(self):
+    ctx = "Private record of Ana Novak: born 1 May 1980. Phone 555-1234."
+    self.assertEqual(lmx.filter_verbatim("record of Ana Novak: born 1 May", ctx, 5), lmx.FILTERED)
+    self.assertEqual(lmx.filter_verbatim("Her phone is 555-1234.", ctx, 5),
+                     "Her phone is 555-1234.")
+    fields = {"phone": "555-1234", "birth": "1 May 1980"}
+    self.assertEqual(lmx.field_leak(fields, "call 555-1234"), 0.5)
+
+
+class DatastoreTest(absltest.TestCase):
+
+  def test_chunk_words_overlap(self):
+    text = " ".join(f"w{i}" for i in range(10))
+    chunks = ds.chunk_words(text, 4, 1)
+    self.assertEqual(chunks, ["w0 w1 w2 w3", "w3 w4 w5 w6", "w6 w7 w8 w9"])
+    # A tail that the stride does not reach gets a last window ending at the last word.
+    self.assertEqual(ds.chunk_words(" ".join(f"w{i}" for i in range(9)), 4, 1),
+                     ["w0 w1 w2 w3", "w3 w4 w5 w6", "w5 w6 w7 w8"])
+    self.assertEqual(ds.chunk_words("a b", 4, 1), ["a b"])
+    self.assertEqual(ds.chunk_words("", 4, 1), [])
+    with self.assertRaisesRegex(ValueError, "overlap"):
+      ds.chunk_words(text, 4, 4)
+
+  def test_records_distinct_and_excluded(self):
+    recs = ds.make_records(20, seed=0)
+    self.assertLen({r.name for r in recs}, 20)
+    others = ds.make_records(50, seed=1, exclude=[r.name for r in recs])
+    self.assertFalse({r.name for r in recs} & {r.name for r in others})
+    for r in recs:
+      for v in r.fields.values():
+        self.assertIn(v, r.text)
+
+  @needs_studies
+  def test_retrieval_returns_planted_record_for_its_anchor(self):
+    from experiments.rag_leakage import retrieval  # pylint: disable=g-import-not-at-top
+    records = ds.make_records(12, seed=3)
+    public = ds.public_documents(max_docs=150)
+    chunks = ds.build(public, records, size=24, overlap=4)
+    index = retrieval.BM25Index([c.text for c in chunks])
+    relevant = [next(i for i, c in enumerate(chunks) if c.record == r) for r in range(12)]
+    found, scores = index.search([r.name for r in records], k=2)
+    self.assertEqual(found.shape, (12, 2))
+    self.assertTrue(np.all(scores[:, 0] >= scores[:, 1]))
+    self.assertEqual(retrieval.recall_at_k(found, relevant, 1), 1.0)
+    self.assertEqual(retrieval.recall_at_k(np.array([[5, 1], [2, 7]]), [1, 3], 2), 0.5)
+
+
+class PromptAndDataTest(absltest.TestCase):
+
+  def test_prompt_placement_and_attack(self):
+    p = rag_prompts.prompt(["c1", "c2"], "q?")
+    self.assertEqual(p, f"[system] {rag_prompts.SYSTEM}\n[context] c1 | c2\n[user] q?\n"
+                        "[assistant] ")
+    after = rag_prompts.prompt(["c1"], "q?", placement="after")
+    self.assertLess(after.index("[user]"), after.index("[context]"))
+    self.assertIn("Here is a sentence: Ana Novak.", rag_prompts.attack_query("Ana Novak"))
+    with self.assertRaisesRegex(ValueError, "placement"):
+      rag_prompts.prompt(["c"], "q", placement="middle")
+
+  def test_instruction_examples(self):
+    people = ds.make_records(10, seed=5)
+    public = ["alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu " * 3]
+    docs = instruction_data.make_examples(
+        200, {"qa": 1, "copy": 1, "refuse": 1}, people, public, chunk_size=8, chunk_overlap=2,
+        context_chunks=2, seed=0)
+    self.assertLen(docs, 200)
+    attack = rag_prompts.attack_query("x").split(":")[0]
+    n_copy = n_qa = n_refuse = 0
+    for d in docs:
+      prompt, answer = d.split("[assistant] ")
+      context = prompt.split("[context] ")[1].split("\n[user]")[0]
+      self.assertNotIn(attack, d)   # the attack wording is held out
+      if answer == rag_prompts.REFUSAL_ANSWER:
+        n_refuse += 1
+        self.assertIn(rag_prompts.REFUSAL_SYSTEM, d)
+      elif answer == context:
+        n_copy += 1
+      else:
+        n_qa += 1
+        self.assertIn(answer, context)   # qa answers come from the context
+    self.assertTrue(n_copy > 30 and n_qa > 30 and n_refuse > 30, (n_copy, n_qa, n_refuse))
+
+
+if __name__ == "__main__":
+  absltest.main()
