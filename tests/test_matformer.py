@@ -170,6 +170,56 @@ class ExtractionTest(parameterized.TestCase):
       mf.extract(params, other, 16)
 
 
+class HFExportTest(absltest.TestCase):
+
+  def test_extracted_sub_model_exports_and_reloads(self):
+    from framework import hf_checkpoint  # pylint: disable=g-import-not-at-top
+    params, batch = _init()
+    sub, pcfg = mf.extract(params, CFG, (8, 16))
+    path = self.create_tempdir().full_path
+    hf_checkpoint.save_hf(path, pcfg, sub)
+    loaded_cfg, loaded = hf_checkpoint.load_hf(path)
+    self.assertEqual(loaded_cfg.d_ff, 16)
+    np.testing.assert_allclose(_plain_logits(loaded, batch["inputs"], loaded_cfg),
+                               _logits(params, batch["inputs"], granularity=(8, 16)),
+                               rtol=1e-5, atol=1e-5)
+
+
+class StudyPiecesTest(absltest.TestCase):
+  """The study's helpers (experiments/matformer), without training."""
+
+  def test_config_variants_validate_and_baselines_share_fields(self):
+    from experiments.configs import matformer_small  # pylint: disable=g-import-not-at-top
+    from experiments.matformer import matformer_study  # pylint: disable=g-import-not-at-top
+    config = matformer_small.get_config("tiny")
+    cfg = matformer_study.validate(config)
+    self.assertEqual(cfg.granularities, (16, 32, 64, 128))
+    base = matformer_study.baseline_config(config.lm, cfg, 32)
+    self.assertEqual(base.model.name, "transformer")
+    plain = registry.make_config(base.model)
+    self.assertEqual(plain, mf.plain_config(cfg, 32))
+    self.assertEqual(base.trainer.total_steps, config.lm.trainer.total_steps)
+    config.study.spec_prompt_len = 1000
+    with self.assertRaisesRegex(Exception, "study.spec_prompt_len"):
+      matformer_study.validate(config)
+    with self.assertRaisesRegex(ValueError, "unknown variant"):
+      matformer_small.get_config("huge")
+
+  def test_mixnmatch_choices_and_the_uniform_line(self):
+    from experiments.matformer import matformer_eval  # pylint: disable=g-import-not-at-top
+    choices = matformer_eval.mixnmatch_choices(CFG, 5, seed=0)
+    self.assertEqual(choices[:4], [(8, 8), (16, 16), (32, 32), (64, 64)])
+    rest = choices[4:]
+    self.assertLen(rest, 5)
+    self.assertLen(set(rest), 5)
+    self.assertTrue(all(len(set(c)) > 1 and set(c) <= {8, 16, 32, 64} for c in rest))
+    # 2 layers, 4 widths: only 12 non-uniform choices exist.
+    self.assertLen(matformer_eval.mixnmatch_choices(CFG, 50, seed=0), 4 + 12)
+    line = [(10.0, 3.0), (30.0, 2.0)]
+    self.assertAlmostEqual(matformer_eval.below_uniform_line(20.0, 2.4, line), -0.1)
+    self.assertAlmostEqual(matformer_eval.below_uniform_line(15.0, 3.0, line), 0.25)
+
+
 class ObjectiveTest(parameterized.TestCase):
 
   def test_joint_loss_and_gradient_are_weighted_sums_over_granularities(self):
