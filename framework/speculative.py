@@ -21,8 +21,9 @@ hold the keys/values of every slot < n - 1. One round, for every row at once:
      u_i ~ U[0, 1), accept iff u_i q_i(d_i) < p_i(d_i)), k = the number of
      leading accepted; emit y ~ norm(max(0, p_{k+1} - q_{k+1})) if k < gamma,
      else y ~ p_{gamma+1} (q_{gamma+1} := 0). Every emitted token is then
-     distributed as p (Leviathan et al., Theorem 1), so the output sequence is
-     distributed as the target's own sampling.
+     distributed as p: P(emit v) = min(p(v), q(v)) + (1 - sum_u min(p(u), q(u)))
+     max(0, p(v) - q(v)) / sum_u max(0, p(u) - q(u)) = p(v), so the output
+     sequence is distributed as the target's own sampling.
   The round emits k + 1 tokens (cut at a stop token or at max_new_tokens);
   the target's cache is valid for the accepted prefix, later slots are
   overwritten before any query can attend to them.

@@ -11,7 +11,9 @@ model M_g. Training (`MatFormerConfig.mode`):
   joint:    L = sum_i w_i L(M_i) on the same batch (`loss_weights`, default 1/g),
   sampled:  one i ~ p per step (`sample_probs`, default uniform), L = L(M_i);
             i is drawn from fold_in(PRNGKey(sample_seed), step), so the model
-            sets `uses_step` and the train step passes batch["step"].
+            sets `uses_step` and the train step passes batch["step"]
+            (one micro-batch per step: the micro-batch split would split
+            the scalar step too).
 
 Mix'n'Match: a per-layer choice (m_(1), ..., m_(L)) of widths gives models
 between the trained ones; `MatFormerLM(cfg, granularity=...)` runs any of them

@@ -278,6 +278,33 @@ class ObjectiveTest(parameterized.TestCase):
     self.assertEqual(step_loss(jnp.int32(7))["loss"], step_loss(jnp.int32(7))["loss"])
 
 
+class SampledTrainStepTest(absltest.TestCase):
+
+  def test_common_train_step_passes_the_step_and_trains_the_drawn_granularity(self):
+    import optax  # pylint: disable=g-import-not-at-top
+    from framework import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
+    from framework import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, mode="sampled"))
+    model = mf.build(cfg)
+    _, batch = _init(cfg)
+    mesh = mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])
+    tx = optax.sgd(0.1)
+    state, _ = train_state_lib.create_sharded_state(model, tx, batch, mesh,
+                                                    sharding_lib.DEFAULT_RULES)
+    step = jax.jit(train_step_lib.make_train_step(model, tx))
+    per_gran = jax.jit(model.loss)(state.params, batch)
+    for _ in range(3):
+      before = per_gran
+      state, metrics = step(state, batch)
+      m = int(round(float(metrics["ffn_width"])))
+      self.assertIn(m, cfg.granularities)
+      np.testing.assert_allclose(float(metrics["loss"]),
+                                 float(before[f"loss_ffn{m}"]) / float(before["tokens"]),
+                                 rtol=1e-5)
+      per_gran = jax.jit(model.loss)(state.params, batch)
+    self.assertEqual(int(state.step), 3)
+
+
 def _forward_flops(cfg, granularity, tokens):
   params, _ = _init(cfg)
   fn = jax.jit(lambda p, x: mf.MatFormerLM(cfg, granularity).apply({"params": p}, x))
