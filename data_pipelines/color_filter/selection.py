@@ -1,10 +1,10 @@
 """Selection: keep the best 1/tau of a pool by a per-document score.
 
-CoLoR-Filter (Brandfonbrener et al. 2024, eq. 4-5). With a prior model
+CoLoR-Filter (Brandfonbrener et al. 2024). With a prior model
 theta_prior (trained on the pool) and a conditional model theta_cond (the
 prior fine-tuned on target data D_down), a candidate sequence x scores
 
-    s(x) = -log p(x | theta_cond) + log p(x | theta_prior)
+    s(x) = log p(x | theta_cond) - log p(x | theta_prior)
          = L_prior(x) - L_cond(x),
 
 here with L the mean token loss of x (nats per token), and the selection is
