@@ -219,7 +219,8 @@ def _generate_fn(module: nn.Module, batch: int, prompt_len: int, cache_size: int
       return cache
     return jax.lax.with_sharding_constraint(cache, cache_sh)
 
-  def run(params, tokens, lengths, key, temperature, top_p):
+  def run(params, tokens, lengths, seed, temperature, top_p):
+    key = jax.random.PRNGKey(seed)
     cache = constrain_cache(tr.init_cache(cfg, batch, cache_size))
     logits, cache = module.apply({"params": params}, tokens, cache=cache,
                                  starts=jnp.zeros((batch,), jnp.int32))
@@ -304,6 +305,8 @@ def generate(module: nn.Module, params: Any, prompts: Any, *, max_new_tokens: in
     raise ValueError(f"temperature={temperature} must be >= 0 (0: greedy)")
   if top_k < 0:
     raise ValueError(f"top_k={top_k} must be >= 0 (0: off)")
+  if not 0 <= int(seed) < 2**32:
+    raise ValueError(f"seed={seed} must be in [0, 2^32)")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p={top_p} must be in (0, 1] (1: off)")
   tokens, lengths = prompt_arrays(prompts, pad_id)
@@ -332,8 +335,8 @@ def generate(module: nn.Module, params: Any, prompts: Any, *, max_new_tokens: in
                     tuple(int(s) for s in stop_tokens), int(pad_id), mesh, rules,
                     bool(return_cache), bool(return_logits))
   params = _place_params(module, params, mesh, rules)
-  out, count, done, cache, logits = fn(params, padded, lengths, jax.random.PRNGKey(seed),
-                               np.float32(temperature), np.float32(top_p))
+  out, count, done, cache, logits = fn(params, padded, lengths, np.uint32(seed),
+                                       np.float32(temperature), np.float32(top_p))
   done = np.asarray(done)
   return GenerateResult(tokens=np.asarray(out), num_generated=np.asarray(count),
                         finish_reason=["stop" if d else "length" for d in done],

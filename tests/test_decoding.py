@@ -26,6 +26,7 @@ from framework import optim
 from framework import train_state
 from models import registry
 from models import transformer as tr
+from tools import bench_decode
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -461,6 +462,30 @@ class EntryPointTest(absltest.TestCase):
     self.assertRegex(last, r"^generate: prompt row 0 has 3 tokens; with max_new_tokens=40 it "
                      r"needs 43 cache slots but cache_size=32")
     self.assertNotIn("Traceback", proc.stderr)
+
+
+
+class BenchDecodeTest(absltest.TestCase):
+
+  def test_tiny_benchmark_rows(self):
+    logged = []
+    rows = bench_decode.run_benchmark(["tiny"], [2], prompt_len=5, new_tokens=4, rounds=1,
+                                      log=logged.append)
+    self.assertLen(rows, 1)
+    row = rows[0]
+    self.assertTrue(row["tokens_equal"])   # run_benchmark raises if greedy tokens differ
+    for key in ("kv_prefill_tok_s", "plain_prefill_tok_s", "kv_decode_tok_s",
+                "plain_decode_tok_s"):
+      self.assertGreater(row[key], 0.0, key)
+    self.assertAlmostEqual(row["decode_ratio"],
+                           row["kv_decode_tok_s"] / row["plain_decode_tok_s"])
+    self.assertEqual(logged[0].count("|"), bench_decode.HEADER.splitlines()[0].count("|"))
+
+  def test_quickstart_shape_matches_the_config(self):
+    model = dict(lm_quickstart.get_config().model)
+    model.pop("name")
+    cfg = tr.TransformerConfig(**model)
+    self.assertEqual(cfg, tr.TransformerConfig(**bench_decode.SHAPES["quickstart"]))
 
 
 if __name__ == "__main__":
