@@ -39,7 +39,9 @@ e, T sequence length):
 It is an estimate (XLA fuses, pads to tiles and overlaps lifetimes); the
 compiled figure is the one to trust.
 
-FLOPs: `cost_analysis()["flops"]` is per device; x devices it is compared
+FLOPs: `cost_analysis()["flops"]` is per device and counts a while loop's
+body once, so with M micro-batches (a scan) it is multiplied by M (likewise
+steps_per_call); x devices it is compared
 with the model's count, 6 N_non-embedding + causal attention + LM head per
 token (`models.transformer.flops_per_token`) x tokens per step. Remat adds a
 recomputed forward (~ +1/3 for "full").
@@ -495,12 +497,18 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any],
   memory["total"] = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-  flops_dev = float(cost.get("flops", 0.0))
+  # XLA's cost analysis counts a while loop's body once: with micro-batches
+  # (a scan over them) nearly the whole step is that body, run `mb` times
+  # (the optimizer update outside it is well under 1% of the FLOPs).
+  loops = mb * steps_per_call
+  flops_dev = float(cost.get("flops", 0.0)) * loops
+  xla_seconds = float(cost.get("optimal_seconds", 0.0)) * loops
   peak = flops_lib.table_peak(devices[0].device_kind) or 0.0
   colls = collectives(compiled.as_text())
   coll_bytes = sum(v["bytes"] for v in colls.values())
-  terms = {"compute": flops_dev / peak if peak else 0.0,
-           "xla_cost_model": float(cost.get("optimal_seconds", 0.0))}
+  terms = {"compute": flops_dev / peak if peak else 0.0}
+  if xla_seconds > 0:   # it overflows to negative on big loop bodies: left out then
+    terms["xla_cost_model"] = xla_seconds
   if chip and chip.ici_bytes_per_s:
     terms["collectives"] = coll_bytes / chip.ici_bytes_per_s
   t_lb = max(terms.values())
@@ -543,6 +551,74 @@ def parse_oom(message: str) -> Optional[tuple[float, float, str]]:
   return None
 
 
+def extrapolate(small: Report, large: Report, depth_small: int, depth_large: int,
+                depth: int, analytic: Mapping[str, float]) -> Report:
+  """The report of a `depth`-layer model from compiles at two smaller depths.
+
+  The step is a stack of identical blocks around a fixed embedding / head /
+  loss, so every compiled quantity q (argument, output, alias and temp bytes,
+  FLOPs, collective counts and bytes, the cost-model time) is taken as
+  q(L) = q0 + L q1 through the two compiles; derived figures (total, fits,
+  step time, MFU) are recomputed from the extrapolated ones.
+  """
+  if small.note or large.note:   # a compiler OOM at fewer layers: none fit at more
+    oom, layers = (small, depth_small) if small.note else (large, depth_large)
+    return dataclasses.replace(
+        oom, analytic=dict(analytic), fits=False,
+        compile_s=small.compile_s + (large.compile_s if large is not small else 0.0),
+        note=f"does not fit: already at {layers} layers the {oom.note.split('; ', 1)[-1]}")
+  w = (depth - depth_small) / (depth_large - depth_small)
+  line = lambda a, b: a + w * (b - a)
+  out = dataclasses.replace(small, analytic=dict(analytic),
+                            compile_s=small.compile_s + large.compile_s,
+                            note=f"extrapolated from {depth_small} and {depth_large} layers")
+  out.memory = {k: line(small.memory[k], large.memory[k]) for k in small.memory}
+  m = out.memory
+  m["total"] = m["argument"] + m["output"] - m["alias"] + m["temp"]
+  out.fits = bool(out.hbm_bytes) and m["total"] <= out.hbm_bytes
+  out.flops_per_device = line(small.flops_per_device, large.flops_per_device)
+  out.model_flops_per_step = line(small.model_flops_per_step, large.model_flops_per_step)
+  out.param_bytes_per_device = line(small.param_bytes_per_device, large.param_bytes_per_device)
+  out.collectives = {k: {f: line(v[f], large.collectives[k][f]) for f in v}
+                     for k, v in small.collectives.items()}
+  out.time_terms_s = {k: line(v, large.time_terms_s[k]) for k, v in small.time_terms_s.items()}
+  out.step_time_lb_s = max(out.time_terms_s.values()) if out.time_terms_s else float("nan")
+  peak = out.flops_per_device / out.time_terms_s["compute"] if out.time_terms_s.get(
+      "compute") else 0.0
+  out.mfu_upper_bound = (out.model_flops_per_step / (out.devices * peak * out.step_time_lb_s)
+                         if peak and out.step_time_lb_s > 0 else float("nan"))
+  return out
+
+
+def compile_or_extrapolate(config: ml_collections.ConfigDict, devices: Sequence[Any],
+                           topology: str, depths: Sequence[int] = ()) -> Report:
+  """`compile_step`'s report; with depths=(a, b), compiles the model at a and
+  b layers and extrapolates to its own depth (`extrapolate`): a 16- or
+  32-layer model costs two short compiles instead of one long one."""
+  if not depths:
+    return compile_step(config, devices, topology)[1]
+  if len(depths) != 2 or not 0 < depths[0] < depths[1]:
+    raise AotError(f"--extrapolate_from={list(depths)}: give two depths a < b, e.g. 2,4")
+  config = prepare(config)
+  depth = int(config.model.num_layers)
+  reports = []
+  for layers in depths:
+    trial = copy.deepcopy(config)
+    trial.model.num_layers = int(layers)
+    reports.append(compile_step(trial, devices, topology)[1])
+    if reports[-1].note:   # out of memory already: it will not fit deeper
+      break
+  if len(reports) == 1:
+    reports.append(reports[0])
+  sizes = mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), len(devices))
+  analytic = analytic_memory(
+      registry.make_config(config.model), seq_len=int(config.data.seq_len),
+      global_batch=int(config.data.global_batch_size),
+      num_microbatches=int(config.trainer.num_microbatches), sizes=sizes,
+      rules=sharding_lib.normalize_rules(config.sharding.rules))
+  return extrapolate(reports[0], reports[1], depths[0], depths[1], depth, analytic)
+
+
 # ------------------------------------------------------------------------ sweep
 
 def candidate_meshes(n_devices: int, mcfg: transformer.TransformerConfig,
@@ -562,6 +638,7 @@ def sweep(config: ml_collections.ConfigDict, devices: Sequence[Any], topology: s
           meshes: Optional[Iterable[Mapping[str, int]]] = None,
           microbatches: Sequence[int] = (1, 2, 4, 8, 16),
           remats: Sequence[str] = REMAT_ORDER,
+          depths: Sequence[int] = (),
           log=print) -> tuple[list[Report], Optional[Report]]:
   """Compiles mesh x remat x micro-batch candidates; returns (all, fastest that fits).
 
@@ -570,7 +647,7 @@ def sweep(config: ml_collections.ConfigDict, devices: Sequence[Any], topology: s
   analytic estimate fits the HBM, goes up while the compiled step does not
   fit and down while it does. Policies go from least to most recompute; one
   that fits with the fewest micro-batches of the list ends the mesh (more
-  recompute only adds time).
+  recompute only adds time). depths: see `compile_or_extrapolate`.
   """
   config = prepare(config)
   mcfg = registry.make_config(config.model)
@@ -599,7 +676,7 @@ def sweep(config: ml_collections.ConfigDict, devices: Sequence[Any], topology: s
         trial.mesh.shape = dict(sizes)
         trial.model.remat = remat
         trial.trainer.num_microbatches = counts[i]
-        _, rep = compile_step(trial, devices, topology)
+        rep = compile_or_extrapolate(trial, devices, topology, depths)
         tried[counts[i]] = rep
         reports.append(rep)
         log("  " + one_line(rep))
@@ -649,7 +726,8 @@ def format_report(r: Report) -> str:
         f"{_gib(a['batch'])} = {_gib(a['total'])}"])
   lines = [
       f"topology {r.topology}: {r.devices} devices, mesh {r.mesh}, "
-      f"micro-batches {r.num_microbatches}, remat {r.remat}; compiled in {r.compile_s:.1f} s",
+      f"micro-batches {r.num_microbatches}, remat {r.remat}; compiled in {r.compile_s:.1f} s"
+      + (f" ({r.note})" if r.note else ""),
       "memory per device (compiled | analytic):",
       f"  argument {_gib(m['argument'])} | params {_gib(a['params'])} + optimizer "
       f"{_gib(a['optimizer'])} + batch {_gib(a['batch'])}",
@@ -692,6 +770,9 @@ _SWEEP_MESHES = flags.DEFINE_list("sweep_meshes", [],
                                   "Meshes the sweep tries, each as for --mesh with ';' "
                                   "between axes (fsdp=-1;tensor=4). Default: fsdp, and "
                                   "fsdp x tensor for tensor 2, 4, 8.")
+_EXTRAPOLATE = flags.DEFINE_list("extrapolate_from", [],
+                                  "Two depths a,b: compile the model with a and b layers "
+                                  "and extrapolate linearly to its own depth (faster).")
 _JSON = flags.DEFINE_string("json", "", "Also write the report(s) as JSON to this file.")
 
 
@@ -704,6 +785,7 @@ def main(argv):
     config = prepare(_CONFIG.value)
     if _MESH.value:
       config.mesh.shape = parse_mesh(_MESH.value)
+    depths = [int(d) for d in _EXTRAPOLATE.value]
     gen, devices = topology_devices(_TOPOLOGY.value)
     name = topology_name(_TOPOLOGY.value)[1]
     print(f"{_TOPOLOGY.value} = {name}: {len(devices)} x {devices[0].device_kind}, "
@@ -713,7 +795,7 @@ def main(argv):
                 if _SWEEP_MESHES.value else None)
       reports, best = sweep(config, devices, name, meshes=meshes,
                             microbatches=[int(m) for m in _SWEEP_MB.value],
-                            remats=_SWEEP_REMAT.value,
+                            remats=_SWEEP_REMAT.value, depths=depths,
                             log=lambda s: print(s, flush=True))
       if best is None:
         print("nothing fits: more chips, a larger tensor axis or a smaller global batch")
@@ -722,7 +804,7 @@ def main(argv):
       out = {"reports": [r.to_json() for r in reports],
              "best": best.to_json() if best else None}
     else:
-      _, report = compile_step(config, devices, name)
+      report = compile_or_extrapolate(config, devices, name, depths)
       print(format_report(report))
       out = report.to_json()
   except (AotError, mesh_lib.MeshError, ValueError) as err:

@@ -189,17 +189,18 @@ class Cluster:
     try:
       while True:
         codes = [p.poll() for p in self.procs]
-        if all(c is not None for c in codes):
-          break
         bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
         if bad:
           time.sleep(0.05)  # let the waiter threads note the exit times
           failed = min(bad, key=lambda ic: self.exit_times[ic[0]] or float("inf"))
           elapsed = time.monotonic() - self.start
-          self.print(f"local_cluster: process {failed[0]} {describe_status(failed[1])} after "
-                     f"{elapsed:.1f} s; the others cannot go on without it and get "
-                     f"{self.grace_s:g} s to exit before they are stopped", flush=True)
-          self._stop_rest(f"process {failed[0]} died")
+          if any(c is None for c in codes):
+            self.print(f"local_cluster: process {failed[0]} {describe_status(failed[1])} "
+                       f"after {elapsed:.1f} s; the others cannot go on without it and get "
+                       f"{self.grace_s:g} s to exit before they are stopped", flush=True)
+            self._stop_rest(f"process {failed[0]} died")
+          break
+        if all(c is not None for c in codes):
           break
         if self.timeout_s and time.monotonic() - self.start > self.timeout_s:
           self.print(f"local_cluster: timeout after {self.timeout_s:g} s", flush=True)

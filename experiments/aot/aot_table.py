@@ -40,6 +40,7 @@ _TOPOLOGIES = flags.DEFINE_list("topologies", ["v5e-16", "v5e-64", "v5p-64", "v5
 _TENSOR = flags.DEFINE_integer("tensor", 4, "Tensor axis of the fsdp x tensor mesh.")
 _REMAT = flags.DEFINE_string("remat", "full", "Remat policy of every cell.")
 _RENDER = flags.DEFINE_bool("render", False, "Only rewrite the table from the results.")
+# --extrapolate_from=a,b (two depths) is tools.aot_compile's flag, defined on import.
 
 
 def cell_key(model: str, topology: str, mesh: dict) -> str:
@@ -73,11 +74,15 @@ def render(results: list[dict]) -> str:
       "chips (4x4x4). Memory in GiB per chip; compiled = argument + output - alias + "
       "temp; analytic = params + optimizer + gradients + activations + batch. FLOPs "
       "ratio = compiled FLOPs per step / (6 N tokens + attention + LM head). Step >= and "
-      "MFU <= from max(FLOPs / peak, XLA cost model, collective bytes / ICI).",
+      "MFU <= from max(FLOPs / peak, XLA cost model, collective bytes / ICI). "
+      "`depths compiled`: `all` is the whole model; `2, 4` means the step was compiled "
+      "with 2 and 4 layers and every compiled figure extrapolated linearly in the depth "
+      "(`tools.aot_compile.extrapolate`; a compiler out-of-memory at a smaller depth means "
+      "no fit).",
       "",
       "| model | slice | mesh | micro-batches | fits | compiled GiB | analytic GiB | HBM GiB "
-      "| FLOPs ratio | collectives GiB | step >= ms | MFU <= | compile s |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+      "| FLOPs ratio | collectives GiB | step >= ms | MFU <= | compile s | depths compiled |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   best: dict[tuple[str, str], dict] = {}
   for key, runs in cells.items():
@@ -97,7 +102,7 @@ def render(results: list[dict]) -> str:
         f"{_g(pick['analytic']['total'])} | {_g(pick['hbm_bytes'])} | "
         f"{ratio:.3f} | {_g(coll)} | "
         f"{pick['step_time_lb_s'] * 1e3:.0f} | {pick['mfu_upper_bound']:.1%} | "
-        f"{sum(r['compile_s'] for r in runs):.0f} |".replace("nan", "-"))
+        f"{sum(r['compile_s'] for r in runs):.0f} | {_depths(pick)} |".replace("nan", "-"))
     if pick["fits"]:
       b = best.get((model, topo))
       if b is None or pick["step_time_lb_s"] < b["step_time_lb_s"]:
@@ -109,6 +114,15 @@ def render(results: list[dict]) -> str:
                    f"micro-batch(es), step >= {b['step_time_lb_s'] * 1e3:.0f} ms, "
                    f"MFU <= {b['mfu_upper_bound']:.1%}")
   return "\n".join(lines) + "\n"
+
+
+def _depths(report: dict) -> str:
+  """`all` for a full-depth compile, else the two depths it was extrapolated from."""
+  note = report.get("note", "")
+  for pattern in ("extrapolated from ", "already at "):
+    if pattern in note:
+      return note.split(pattern, 1)[1].split(" layers")[0].replace(" and ", ", ")
+  return "all"
 
 
 def _libtpu_version() -> str:
@@ -140,9 +154,10 @@ def main(argv):
             continue
           print(f"{key}:", flush=True)
           start = time.time()
-          reports, _ = aot_compile.sweep(config, devices, name, meshes=[mesh],
-                                         remats=[_REMAT.value],
-                                         log=lambda s: print(s, flush=True))
+          reports, _ = aot_compile.sweep(
+              config, devices, name, meshes=[mesh], remats=[_REMAT.value],
+              depths=[int(d) for d in flags.FLAGS.extrapolate_from],
+              log=lambda s: print(s, flush=True))
           with open(RESULTS, "a") as f:
             for r in reports:
               f.write(json.dumps(dict(r.to_json(), cell=key, model=model), default=float)
