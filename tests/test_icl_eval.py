@@ -266,6 +266,49 @@ class ConstructedModelTest(absltest.TestCase):
     self.assertAlmostEqual(core_eval.core_score(results), 0.6)
 
 
+def _byte_tokenizer_json(path):
+  """A tokenizer.json whose id of every byte is the byte's value (byte-level BPE, no merges)."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) +
+               list(range(0xAE, 0x100)))
+  chars, extra = {}, 0
+  for b in range(256):     # the GPT-2 byte -> printable character map
+    if b in printable:
+      chars[b] = chr(b)
+    else:
+      chars[b] = chr(256 + extra)
+      extra += 1
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={chars[b]: b for b in range(256)},
+                                                   merges=[]))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                          use_regex=False)
+  tok.save(path)
+
+
+class HfCheckpointTest(absltest.TestCase):
+
+  def test_scores_match_transformers_logits(self):
+    """hf:<dir> loads, and span scores equal log-softmax of transformers' own logits."""
+    import shutil  # pylint: disable=g-import-not-at-top
+    src = os.path.join(os.path.dirname(__file__), "fixtures", "hf", "llama")
+    d = os.path.join(self.create_tempdir().full_path, "llama")
+    shutil.copytree(src, d)
+    _byte_tokenizer_json(os.path.join(d, "tokenizer.json"))
+    lm = checkpoint_loading.load("hf:" + d)
+    self.assertEqual(lm.encode("AB"), [65, 66])
+    self.assertIsNone(lm.bos_id)
+    ref = np.load(os.path.join(src, "expected.npz"))
+    prompts, logits = ref["prompts"], ref["logits"].astype(np.float64)
+    pairs = [(list(map(int, p[:11])), list(map(int, p[11:20]))) for p in prompts]
+    got = icl_scoring.SpanScorer(lm.module, lm.params, batch_size=2).score(pairs)
+    for b, p in enumerate(prompts):
+      z = logits[b] - logits[b].max(axis=-1, keepdims=True)
+      logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+      want = sum(logp[t - 1, p[t]] for t in range(11, 20))
+      self.assertAlmostEqual(got.logprob_sum[b], want, delta=1e-3)
+      self.assertEqual(got.greedy_match[b], bool(np.all(z[10:19].argmax(-1) == p[11:20])))
+
+
 class RunnerTest(absltest.TestCase):
 
   def test_tiny_variant_end_to_end(self):

@@ -43,10 +43,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   )
   c.size_names = ""        # comma-separated subset of `sizes` ("": all)
   c.train = ml_collections.ConfigDict(dict(
-      total_steps=600, global_batch_size=32, seq_len=128, peak_lr=1e-2, warmup_steps=30,
+      total_steps=300, global_batch_size=32, seq_len=128, peak_lr=1e-2, warmup_steps=30,
       log_every=50, eval_batches=2))
   c.eval = ml_collections.ConfigDict(dict(
-      shots=(0, 1, 2, 4, 8, 16, 32), num_episodes=900, episode_seed=123, split_seed=7,
+      shots=(0, 1, 2, 4, 8, 16, 32), num_episodes=1500, episode_seed=123, split_seed=7,
       num_bins=10, bootstrap_resamples=500, bootstrap_seed=0, batch_size=64, max_seq_len=512))
   c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, tensor=1)))
   if variant == "tiny":
