@@ -559,7 +559,12 @@ def extrapolate(small: Report, large: Report, depth_small: int, depth_large: int
   loss, so every compiled quantity q (argument, output, alias and temp bytes,
   FLOPs, collective counts and bytes, the cost-model time) is taken as
   q(L) = q0 + L q1 through the two compiles; derived figures (total, fits,
-  step time, MFU) are recomputed from the extrapolated ones.
+  step time, MFU) are recomputed from the extrapolated ones. Caution: the
+  compiler schedules and fuses a 1-layer program differently (the one
+  transient block and the loss are a large share of it), so fit on depths
+  >= 2 and check one cell against a full-depth compile; from (1, 2) layers
+  the Llama-3 1B step extrapolated to 16 layers gave FLOPs below the model
+  count, i.e. wrong.
   """
   if small.note or large.note:   # a compiler OOM at fewer layers: none fit at more
     oom, layers = (small, depth_small) if small.note else (large, depth_large)

@@ -9,7 +9,7 @@ one mesh and one remat policy: the fewest micro-batches whose compiled step
 fits the chip's HBM (starting from the analytic estimate's guess). Every
 compile is appended to `experiments/aot/results.jsonl` as it finishes (a
 killed run keeps what it did; cells already there are skipped), and the
-table is rewritten to `experiments/aot/aot_table.md`.
+table is rewritten to `experiments/aot/aot_table_compiled.md`.
 
 Columns: the compiled per-device memory (argument + output - alias + temp)
 next to the analytic estimate (params + optimizer + gradients + activations
@@ -31,7 +31,7 @@ from tools import aot_compile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results.jsonl")
-TABLE = os.path.join(HERE, "aot_table.md")
+TABLE = os.path.join(HERE, "aot_table_compiled.md")
 MODELS = {"1b": llama3_1b.get_config, "8b": llama3_8b.get_config}
 
 _MODELS = flags.DEFINE_list("models", ["1b", "8b"], "Model shapes: 1b, 8b.")
