@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl.testing import absltest
-from absl.testing import flagsaver
 from absl.testing import parameterized
 from jax.sharding import NamedSharding, PartitionSpec as P
 from safetensors import safe_open
@@ -438,8 +437,7 @@ class InitFromTest(absltest.TestCase):
                      (32, 384, False))
     # tools/export_hf: the run's newest checkpoint as an HF checkpoint that loads back.
     out = os.path.join(tmp, "exported")
-    with flagsaver.flagsaver(workdir=workdir, out=out):
-      export_hf.main([])
+    self.assertIn("model_type llama", export_hf.export(workdir, out))
     cfg_back, back = hf_checkpoint.load_hf(out)
     self.assertEqual(cfg_back, dataclasses.replace(cfg, scale_tied_logits=False))
     a, b = hf_llama.flatten(final), _flat_np(back)

@@ -197,12 +197,15 @@ def format_row(r: Dict[str, Any]) -> str:
           f"{r['plain_decode_tok_s']:.1f} | {r['decode_ratio']:.2f} |")
 
 
-_SHAPES = flags.DEFINE_list("shapes", ["quickstart", "100m"], "Model shapes to run.")
-_BATCHES = flags.DEFINE_list("batches", ["1", "16"], "Batch sizes.")
-_PROMPT = flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per row (P).")
-_NEW = flags.DEFINE_integer("new_tokens", 16, "New tokens per row (N).")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds (medians are reported).")
-_QUICK = flags.DEFINE_bool("quick", False, "Short run: P=16, N=8, one round.")
+def _define_flags():
+  """Flags exist only when this runs as a program, so importing it (tests) defines none."""
+  global _SHAPES, _BATCHES, _PROMPT, _NEW, _ROUNDS, _QUICK
+  _SHAPES = flags.DEFINE_list("shapes", ["quickstart", "100m"], "Model shapes to run.")
+  _BATCHES = flags.DEFINE_list("batches", ["1", "16"], "Batch sizes.")
+  _PROMPT = flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per row (P).")
+  _NEW = flags.DEFINE_integer("new_tokens", 16, "New tokens per row (N).")
+  _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds (medians are reported).")
+  _QUICK = flags.DEFINE_bool("quick", False, "Short run: P=16, N=8, one round.")
 
 
 def _load() -> float:
@@ -234,4 +237,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

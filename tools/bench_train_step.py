@@ -61,13 +61,16 @@ SHAPES: Dict[str, Dict[str, Any]] = {
                  batch_size=2, seq_len=16),
 }
 
-_SHAPE = flags.DEFINE_enum("shape", "small", ["small", "medium"], "Model and batch shape.")
-_ROUNDS = flags.DEFINE_integer("rounds", 7, "Interleaved measurement rounds (>= 7 advised).")
-_STEPS = flags.DEFINE_integer("steps_per_round", 3, "Timed steps per program per round.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                           "Compute dtype (parameters stay float32).")
-_PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU "
-                           "(0: vendor table, or measured matmul on CPU).")
+def _define_flags():
+  """Flags exist only when this runs as a program, so importing it (tests) defines none."""
+  global _SHAPE, _ROUNDS, _STEPS, _DTYPE, _PEAK
+  _SHAPE = flags.DEFINE_enum("shape", "small", ["small", "medium"], "Model and batch shape.")
+  _ROUNDS = flags.DEFINE_integer("rounds", 7, "Interleaved measurement rounds (>= 7 advised).")
+  _STEPS = flags.DEFINE_integer("steps_per_round", 3, "Timed steps per program per round.")
+  _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                             "Compute dtype (parameters stay float32).")
+  _PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU "
+                             "(0: vendor table, or measured matmul on CPU).")
 
 
 def spread(values: Sequence[float]) -> Dict[str, float]:
@@ -286,5 +289,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   app.run(main)

@@ -31,18 +31,21 @@ from framework import optim
 from framework import train_state as train_state_lib
 from models import registry
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (config.json, checkpoints/)",
-                               required=True)
-_OUT = flags.DEFINE_string("out", None, "output directory for the HF checkpoint",
-                           required=True)
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest that verifies)")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                           "stored dtype (default: the params')")
-_MAX_SHARD_BYTES = flags.DEFINE_integer("max_shard_bytes", hf_checkpoint.DEFAULT_MAX_SHARD_BYTES,
-                                        "split into several files above this size")
-_MAX_POSITIONS = flags.DEFINE_integer("max_position_embeddings", 0,
-                                      "config.json's max_position_embeddings "
-                                      "(default: the run's data.seq_len)")
+def _define_flags():
+  """Flags exist only when this runs as a program, so importing it (tests) defines none."""
+  global _WORKDIR, _OUT, _STEP, _DTYPE, _MAX_SHARD_BYTES, _MAX_POSITIONS
+  _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (config.json, checkpoints/)",
+                                 required=True)
+  _OUT = flags.DEFINE_string("out", None, "output directory for the HF checkpoint",
+                             required=True)
+  _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest that verifies)")
+  _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+                             "stored dtype (default: the params')")
+  _MAX_SHARD_BYTES = flags.DEFINE_integer("max_shard_bytes", hf_checkpoint.DEFAULT_MAX_SHARD_BYTES,
+                                          "split into several files above this size")
+  _MAX_POSITIONS = flags.DEFINE_integer("max_position_embeddings", 0,
+                                        "config.json's max_position_embeddings "
+                                        "(default: the run's data.seq_len)")
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -87,19 +90,28 @@ def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, Any, 
   return cfg, state.params, int(step)
 
 
+def export(workdir: str, out: str, step: Optional[int] = None, dtype: Optional[str] = None,
+           max_shard_bytes: int = hf_checkpoint.DEFAULT_MAX_SHARD_BYTES,
+           max_position_embeddings: int = 0) -> str:
+  """Writes the run's checkpoint (newest that verifies, or `step`) to `out`; returns a summary line."""
+  cfg, params, step = restore_params(workdir, step)
+  seq_len = int(read_run_config(workdir).data.get("seq_len", 4096))
+  written = hf_checkpoint.save_hf(
+      out, cfg, params, max_shard_bytes=max_shard_bytes, dtype=dtype,
+      max_position_embeddings=max_position_embeddings or seq_len)
+  size = sum(os.path.getsize(f) for f in written)
+  hf = hf_checkpoint.read_hf_config(out)
+  return (f"exported step {step} of {workdir} to {out}: model_type "
+          f"{hf['model_type']}, {len(written)} file(s), {size / 2**20:.1f} MiB "
+          f"({hf['torch_dtype']})")
+
+
 def main(argv):
   del argv
-  cfg, params, step = restore_params(_WORKDIR.value, _STEP.value)
-  seq_len = int(read_run_config(_WORKDIR.value).data.get("seq_len", 4096))
-  written = hf_checkpoint.save_hf(
-      _OUT.value, cfg, params, max_shard_bytes=_MAX_SHARD_BYTES.value, dtype=_DTYPE.value,
-      max_position_embeddings=_MAX_POSITIONS.value or seq_len)
-  size = sum(os.path.getsize(f) for f in written)
-  hf = hf_checkpoint.read_hf_config(_OUT.value)
-  print(f"exported step {step} of {_WORKDIR.value} to {_OUT.value}: model_type "
-        f"{hf['model_type']}, {len(written)} file(s), {size / 2**20:.1f} MiB "
-        f"({hf['torch_dtype']})")
+  print(export(_WORKDIR.value, _OUT.value, _STEP.value, _DTYPE.value, _MAX_SHARD_BYTES.value,
+               _MAX_POSITIONS.value))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
