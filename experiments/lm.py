@@ -294,6 +294,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, **train_kwargs: Any) ->
                 f"{'beyond' if summary['eval_loss'] < unigram else 'less than'} unigram "
                 "statistics. Loss curve: loss.png.\n")
       f.write(samples)
-  files.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    # Process 0 only: the others lack the figures above.
+    files.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   logging.info("summary: %s", summary)
   return summary
