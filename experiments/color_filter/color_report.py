@@ -98,18 +98,21 @@ def write_report(config: Any, workdir: str, *, pool_dir: str, runs: Mapping[str,
                  "std": float(np.std(vals)) if vals else None,
                  "efficiency": factor, "efficiency_kind": kind, "wins_vs_random": wins_random})
   by_key = {(r["method"], r["tau"]): r for r in rows}
-  for r in rows:   # paired by seed against conditional-only at the same tau
-    other = by_key.get(("cond_only", r["tau"]))
-    r["wins_vs_cond_only"] = None if other is None or r["method"] == "cond_only" else sum(
-        1 for s in seeds if r["final"].get(s) is not None and other["final"].get(s) is not None
-        and r["final"][s] < other["final"][s])
+  for r in rows:   # paired by seed against every other method at the same tau
+    r["wins_vs"] = {}
+    for (m, tau), other in by_key.items():
+      if tau == r["tau"] and m != r["method"]:
+        r["wins_vs"][m] = sum(1 for s in seeds if r["final"].get(s) is not None
+                              and other["final"].get(s) is not None
+                              and r["final"][s] < other["final"][s])
   rvals = [v for v in random_at_t.values() if v is not None]
   random_row = {"mean": float(np.mean(rvals)) if rvals else None,
                 "min": min(rvals) if rvals else None, "max": max(rvals) if rvals else None}
 
-  # ---------------------------------------------------------------- figures
   taus = sorted({tau for (m, tau) in families if m != "random"})
   methods = sorted({m for (m, _) in families if m != "random"})
+
+  # ---------------------------------------------------------------- figures
   colors = {"color": "C0", "cond_only": "C1", "fasttext": "C2", "random": "C7"}
   fig, axes = plt.subplots(1, len(taus), figsize=(5 * len(taus), 4), squeeze=False)
   for ax, tau in zip(axes[0], taus):
@@ -147,6 +150,8 @@ def write_report(config: Any, workdir: str, *, pool_dir: str, runs: Mapping[str,
     ax.axhline(random_row["mean"], color=colors["random"], ls="--", label="random (pool)")
     ax.axhspan(random_row["min"], random_row["max"], color=colors["random"], alpha=0.15)
   ax.set_xscale("log", base=2)
+  ax.set_xticks(taus)
+  ax.set_xticklabels([f"{t:g}" for t in taus])
   ax.set_xlabel("tau (keep 1/tau of the pool)")
   ax.set_ylabel(f"held-out {target} loss at {T * tokens_per_step} tokens")
   ax.legend(fontsize=8)
@@ -223,12 +228,15 @@ def write_report(config: Any, workdir: str, *, pool_dir: str, runs: Mapping[str,
   L.append(f"Random (whole pool) at {T} steps: {_fmt(random_row['mean'])} "
            f"[{_fmt(random_row['min'])}, {_fmt(random_row['max'])}] (mean [min, max] over seeds).\n")
   L.append("| method | tau | loss mean | [min, max] | std | lower than random (seeds) | "
-           "lower than cond_only (seeds) | data-efficiency vs random |\n|---|---|---|---|---|---|---|---|")
+           + " | ".join(f"lower than {m} (seeds)" for m in methods)
+           + " | data-efficiency vs random |\n|---|---|---|---|---|---|" + "---|" * len(methods) + "---|")
   for r in rows:
     eff = "n/a" if r["efficiency"] is None else f"{r['efficiency_kind'] if r['efficiency_kind'] != '=' else ''}{r['efficiency']:.2f}x"
-    wc = "-" if r["wins_vs_cond_only"] is None else f"{r['wins_vs_cond_only']}/{len(seeds)}"
+    wins = " | ".join("-" if m not in r["wins_vs"] else f"{r['wins_vs'][m]}/{len(seeds)}"
+                      for m in methods)
     L.append(f"| {r['method']} | {r['tau']:g} | {_fmt(r['mean'])} | [{_fmt(r['min'])}, "
-             f"{_fmt(r['max'])}] | {_fmt(r['std'], 4)} | {r['wins_vs_random']}/{len(seeds)} | {wc} | {eff} |")
+             f"{_fmt(r['max'])}] | {_fmt(r['std'], 4)} | {r['wins_vs_random']}/{len(seeds)} | "
+             f"{wins} | {eff} |")
   L.append("\nData-efficiency: random-selection tokens needed to reach the row's mean loss, "
            "divided by the row's tokens (`>`: random never got there within its run, a lower "
            "bound; `<`: random was already there at its first evaluation).\n")
@@ -245,7 +253,19 @@ def write_report(config: Any, workdir: str, *, pool_dir: str, runs: Mapping[str,
                f"{t['docs_per_s']:.1f} docs/s, {t['tokens_per_s']:.0f} tokens/s")
     L.append("")
   L.append("## What the numbers say\n")
-  L.extend(findings(rows, random_row, seeds, target, selections, pool_share, smoke))
+  L.extend(findings(rows, by_key, random_row, seeds, target, selections, pool_share, smoke))
+  random_names = families.get(random_key, []) if random_key else []
+  if random_names:
+    rnd = {d: float(np.mean([evals[n][d] for n in random_names if n in evals])) for d in domains}
+    for (method, tau), names in sorted(families.items()):
+      if method != "color":
+        continue
+      per = {d: float(np.mean([evals[n][d] for n in names if n in evals])) for d in domains}
+      worse = [f"{d} {per[d]:.3f} vs {rnd[d]:.3f}" for d in domains if d != target and per[d] > rnd[d]]
+      better = [f"{d} {per[d]:.3f} vs {rnd[d]:.3f}" for d in domains if d != target and per[d] <= rnd[d]]
+      L.append(f"- Other domains, CoLoR tau={tau:g} vs random at equal tokens (per-document "
+               f"scorer, seed means): higher loss on {', '.join(worse) or 'none'}; lower or "
+               f"equal on {', '.join(better) or 'none'}.")
   L.append("\nFigures: curves.png (loss vs tokens), tau.png (loss vs tau).\n")
   files.write_text(os.path.join(workdir, "report.md"), "\n".join(L) + "\n")
   return {"target_domain": target, "tokens_per_run": T * tokens_per_step,
@@ -255,7 +275,7 @@ def write_report(config: Any, workdir: str, *, pool_dir: str, runs: Mapping[str,
           "scores_by_domain": score_table, "throughput": throughput}
 
 
-def findings(rows, random_row, seeds, target, selections, pool_share, smoke) -> list[str]:
+def findings(rows, by_key, random_row, seeds, target, selections, pool_share, smoke) -> list[str]:
   """Sentences that follow from the table, nothing more."""
   out = []
   n = len(seeds)
@@ -266,16 +286,22 @@ def findings(rows, random_row, seeds, target, selections, pool_share, smoke) -> 
     share = s["domains"].get(target, 0) / max(s["num_selected"], 1) if s else float("nan")
     verdict = ("lower than random in every seed" if r["wins_vs_random"] == n else
                f"lower than random in {r['wins_vs_random']} of {n} seeds")
-    wc = r.get("wins_vs_cond_only")
-    vc = "" if wc is None else (
-        "; lower than conditional-only in every seed" if wc == n else
-        f"; lower than conditional-only in {wc} of {n} seeds")
+    vc = "".join(
+        f"; lower than {m} ({_fmt(by_key[(m, r['tau'])]['mean'])}) in "
+        + ("every seed" if w == n else f"{w} of {n} seeds")
+        for m, w in sorted(r["wins_vs"].items()))
     eff = ("" if r["efficiency"] is None else
            f"; random needs {r['efficiency_kind'] if r['efficiency_kind'] != '=' else ''}"
            f"{r['efficiency']:.2f}x the tokens to match")
     out.append(f"- CoLoR tau={r['tau']:g}: {target} share of the selection {share:.1%} "
                f"(pool {pool_share:.1%}); held-out loss {_fmt(r['mean'])} vs random "
                f"{_fmt(random_row['mean'])}: {verdict}{vc}{eff}.")
+  color_rows = sorted((r for r in rows if r["method"] == "color" and r["efficiency"] is not None),
+                      key=lambda r: r["tau"])
+  if len(color_rows) > 1:
+    out.append("- CoLoR's data-efficiency factor vs random by tau: " + ", ".join(
+        f"tau={r['tau']:g}: {r['efficiency_kind'] if r['efficiency_kind'] != '=' else ''}"
+        f"{r['efficiency']:.2f}x" for r in color_rows) + ".")
   if n < 3:
     out.append(f"- {n} seeds: the min-max ranges above are the only measure of spread; "
                "differences smaller than them are not resolved.")
