@@ -179,7 +179,7 @@ class CompileTest(parameterized.TestCase):
                          head_dim=128, d_ff=1024)
     n = transformer.count_params(registry.make_config(config.model))["total"]
     state = {}
-    for fsdp in (1, 2, 4):
+    for fsdp in (1, 4):   # two compiles: each takes ~1 min of a CI core
       config.mesh.shape = dict(data=4 // fsdp, fsdp=fsdp, tensor=1)
       _, r = aot_compile.compile_step(config, _devices("v5e:2x2"), "v5e:2x2")
       # Arguments = params + AdamW mu, nu (fp32) + this device's batch rows.
