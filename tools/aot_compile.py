@@ -757,28 +757,31 @@ def format_report(r: Report) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (as for experiments.launch); --config.x=y overrides.",
-    lock_config=False)
-_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2",
-                                "TPU topology: v5e:4x4, v5p:4x4x4, or an accelerator "
-                                "type such as v5e-16, v5p-128.")
-_MESH = flags.DEFINE_string("mesh", "", "Mesh shape replacing config.mesh.shape, "
-                            "e.g. fsdp=-1 or fsdp=-1,tensor=4 (absent axes are 1).")
-_SWEEP = flags.DEFINE_bool("sweep", False, "Try meshes x remat policies x micro-batch "
-                           "counts; report the fastest-looking one that fits.")
-_SWEEP_MB = flags.DEFINE_list("sweep_microbatches", ["1", "2", "4", "8", "16"],
-                              "Micro-batch counts the sweep tries.")
-_SWEEP_REMAT = flags.DEFINE_list("sweep_remat", list(REMAT_ORDER),
-                                 "Remat policies the sweep tries, least recompute first.")
-_SWEEP_MESHES = flags.DEFINE_list("sweep_meshes", [],
-                                  "Meshes the sweep tries, each as for --mesh with ';' "
-                                  "between axes (fsdp=-1;tensor=4). Default: fsdp, and "
-                                  "fsdp x tensor for tensor 2, 4, 8.")
-_EXTRAPOLATE = flags.DEFINE_list("extrapolate_from", [],
-                                  "Two depths a,b: compile the model with a and b layers "
-                                  "and extrapolate linearly to its own depth (faster).")
-_JSON = flags.DEFINE_string("json", "", "Also write the report(s) as JSON to this file.")
+def _define_flags():
+  """Flags exist only when this runs as a program, so importing it (tests) defines none."""
+  global _CONFIG, _TOPOLOGY, _MESH, _SWEEP, _SWEEP_MB, _SWEEP_REMAT, _SWEEP_MESHES, _EXTRAPOLATE, _JSON
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "Config file (as for experiments.launch); --config.x=y overrides.",
+      lock_config=False)
+  _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2",
+                                  "TPU topology: v5e:4x4, v5p:4x4x4, or an accelerator "
+                                  "type such as v5e-16, v5p-128.")
+  _MESH = flags.DEFINE_string("mesh", "", "Mesh shape replacing config.mesh.shape, "
+                              "e.g. fsdp=-1 or fsdp=-1,tensor=4 (absent axes are 1).")
+  _SWEEP = flags.DEFINE_bool("sweep", False, "Try meshes x remat policies x micro-batch "
+                             "counts; report the fastest-looking one that fits.")
+  _SWEEP_MB = flags.DEFINE_list("sweep_microbatches", ["1", "2", "4", "8", "16"],
+                                "Micro-batch counts the sweep tries.")
+  _SWEEP_REMAT = flags.DEFINE_list("sweep_remat", list(REMAT_ORDER),
+                                   "Remat policies the sweep tries, least recompute first.")
+  _SWEEP_MESHES = flags.DEFINE_list("sweep_meshes", [],
+                                    "Meshes the sweep tries, each as for --mesh with ';' "
+                                    "between axes (fsdp=-1;tensor=4). Default: fsdp, and "
+                                    "fsdp x tensor for tensor 2, 4, 8.")
+  _EXTRAPOLATE = flags.DEFINE_list("extrapolate_from", [],
+                                    "Two depths a,b: compile the model with a and b layers "
+                                    "and extrapolate linearly to its own depth (faster).")
+  _JSON = flags.DEFINE_string("json", "", "Also write the report(s) as JSON to this file.")
 
 
 def main(argv):
@@ -821,5 +824,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flag_as_required("config")
   app.run(main)

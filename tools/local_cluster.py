@@ -42,21 +42,24 @@ from typing import IO, Optional, Sequence
 
 from absl import app, flags
 
-_N = flags.DEFINE_integer("n", 2, "Number of processes.")
-_DEVICES = flags.DEFINE_integer("devices_per_process", 4,
-                                "Fake CPU devices per process (XLA host platform).")
-_MODULE = flags.DEFINE_string("module", "experiments.launch",
-                              "Python module each process runs (python -m).")
-_PORT = flags.DEFINE_integer("port", 0, "Coordinator port on 127.0.0.1 (0: a free one).")
-_HEARTBEAT = flags.DEFINE_integer("heartbeat_s", 10,
-                                  "JAX heartbeat timeout: a process that stopped answering "
-                                  "is declared dead after this many seconds.")
-_GRACE = flags.DEFINE_float("grace_s", 15.0,
-                            "After a process died, seconds the others get to exit on "
-                            "their own before they are stopped.")
-_TIMEOUT = flags.DEFINE_float("timeout_s", 0.0, "Stop every process after this many "
-                              "seconds (0: no limit).")
-_LOG_DIR = flags.DEFINE_string("process_logs", "", "Also write process_<i>.log files here.")
+def _define_flags():
+  """Flags exist only when this runs as a program, so importing it (tests) defines none."""
+  global _N, _DEVICES, _MODULE, _PORT, _HEARTBEAT, _GRACE, _TIMEOUT, _LOG_DIR
+  _N = flags.DEFINE_integer("n", 2, "Number of processes.")
+  _DEVICES = flags.DEFINE_integer("devices_per_process", 4,
+                                  "Fake CPU devices per process (XLA host platform).")
+  _MODULE = flags.DEFINE_string("module", "experiments.launch",
+                                "Python module each process runs (python -m).")
+  _PORT = flags.DEFINE_integer("port", 0, "Coordinator port on 127.0.0.1 (0: a free one).")
+  _HEARTBEAT = flags.DEFINE_integer("heartbeat_s", 10,
+                                    "JAX heartbeat timeout: a process that stopped answering "
+                                    "is declared dead after this many seconds.")
+  _GRACE = flags.DEFINE_float("grace_s", 15.0,
+                              "After a process died, seconds the others get to exit on "
+                              "their own before they are stopped.")
+  _TIMEOUT = flags.DEFINE_float("timeout_s", 0.0, "Stop every process after this many "
+                                "seconds (0: no limit).")
+  _LOG_DIR = flags.DEFINE_string("process_logs", "", "Also write process_<i>.log files here.")
 
 STOP_WAIT_S = 5.0
 
@@ -249,4 +252,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

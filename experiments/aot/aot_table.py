@@ -34,13 +34,18 @@ RESULTS = os.path.join(HERE, "results.jsonl")
 TABLE = os.path.join(HERE, "aot_table_compiled.md")
 MODELS = {"1b": llama3_1b.get_config, "8b": llama3_8b.get_config}
 
-_MODELS = flags.DEFINE_list("models", ["1b", "8b"], "Model shapes: 1b, 8b.")
-_TOPOLOGIES = flags.DEFINE_list("topologies", ["v5e-16", "v5e-64", "v5p-64", "v5p-128"],
-                                "TPU slices (accelerator types or gen:AxB[xC]).")
-_TENSOR = flags.DEFINE_integer("tensor", 4, "Tensor axis of the fsdp x tensor mesh.")
-_REMAT = flags.DEFINE_string("remat", "full", "Remat policy of every cell.")
-_RENDER = flags.DEFINE_bool("render", False, "Only rewrite the table from the results.")
-# --extrapolate_from=a,b (two depths) is tools.aot_compile's flag, defined on import.
+def _define_flags():
+  """Flags exist only when this runs as a program, so importing it (tests) defines none."""
+  global _MODELS, _TOPOLOGIES, _TENSOR, _REMAT, _RENDER, _EXTRAPOLATE
+  _MODELS = flags.DEFINE_list("models", ["1b", "8b"], "Model shapes: 1b, 8b.")
+  _TOPOLOGIES = flags.DEFINE_list("topologies", ["v5e-16", "v5e-64", "v5p-64", "v5p-128"],
+                                  "TPU slices (accelerator types or gen:AxB[xC]).")
+  _TENSOR = flags.DEFINE_integer("tensor", 4, "Tensor axis of the fsdp x tensor mesh.")
+  _REMAT = flags.DEFINE_string("remat", "full", "Remat policy of every cell.")
+  _RENDER = flags.DEFINE_bool("render", False, "Only rewrite the table from the results.")
+  _EXTRAPOLATE = flags.DEFINE_list("extrapolate_from", [],
+                                   "Two depths a,b: compile each cell at a and b layers and "
+                                   "extrapolate (tools.aot_compile.extrapolate).")
 
 
 def cell_key(model: str, topology: str, mesh: dict) -> str:
@@ -156,7 +161,7 @@ def main(argv):
           start = time.time()
           reports, _ = aot_compile.sweep(
               config, devices, name, meshes=[mesh], remats=[_REMAT.value],
-              depths=[int(d) for d in flags.FLAGS.extrapolate_from],
+              depths=[int(d) for d in _EXTRAPOLATE.value],
               log=lambda s: print(s, flush=True))
           with open(RESULTS, "a") as f:
             for r in reports:
@@ -171,4 +176,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
