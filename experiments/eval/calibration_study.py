@@ -47,7 +47,7 @@ from framework import files
 from framework import progress as progress_lib
 
 METHODS = ("raw", "temperature", "scaling_binning")
-CI_METRICS = ("accuracy", "confidence", "ece", "brier")
+CI_METRICS = ("accuracy", "confidence", "overconfidence", "ece", "brier")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -137,6 +137,8 @@ class ModelRun:
   train_loss: Optional[float] = None
   eval_loss: Optional[float] = None
   seconds: float = 0.0
+  steps: int = 0
+  reused: bool = False       # the run was already complete: nothing trained this time
 
 
 def train_models(config: ml_collections.ConfigDict, family: syn.RuleFamily,
@@ -156,7 +158,8 @@ def train_models(config: ml_collections.ConfigDict, family: syn.RuleFamily,
       summary = lm.run(lm_config(config, size, seed, paths), run_dir)
       runs.append(ModelRun(size["name"], seed, run_dir, int(summary["params"]),
                            summary.get("train_loss"), summary.get("eval_loss"),
-                           time.perf_counter() - t0))
+                           time.perf_counter() - t0, int(summary["final_step"]),
+                           summary.get("resumed_from") == summary["final_step"]))
   return runs
 
 
@@ -240,6 +243,7 @@ def metric_samples(probs: np.ndarray, gold: np.ndarray, draws: Sequence[np.ndarr
   for r, idx in enumerate(draws):
     out["accuracy"][r] = correct[idx].mean()
     out["confidence"][r] = conf[idx].mean()
+    out["overconfidence"][r] = conf[idx].mean() - correct[idx].mean()
     out["ece"][r] = cal.ece(conf[idx], correct[idx], num_bins, "width")
     out["brier"][r] = sq[idx].mean()
   return out
@@ -330,6 +334,9 @@ def compare(samples: dict[tuple, dict[str, np.ndarray]], sizes: Sequence[str],
   def low_ece(size, m="raw"):
     return np.mean([ece(size, k, m) for k in low], axis=0)
 
+  def over(size, k):
+    return samples[(size, k, "raw")]["overconfidence"]
+
   def contrast(diff, positive, negative):
     return {"ci": interval(diff), "verdict": verdict(diff, positive, negative)}
 
@@ -346,6 +353,11 @@ def compare(samples: dict[tuple, dict[str, np.ndarray]], sizes: Sequence[str],
       both = (rise["verdict"], fall["verdict"])
       v["ece_shape"] = {"verdict": "rise then fall" if both == ("yes", "yes") else
                         "not resolved" if "not resolved" in both else "no"}
+    if low:
+      # signed: mean confidence - accuracy (ECE is unsigned and biased upwards)
+      v["overconfidence_low"] = contrast(np.mean([over(size, k) for k in low], axis=0),
+                                         "over-confident", "under-confident")
+    v["overconfidence_kmax"] = contrast(over(size, kmax), "over-confident", "under-confident")
     if (size, k0, "temperature") in samples:
       rec = {}
       for m in ("temperature", "scaling_binning"):
@@ -455,12 +467,13 @@ def report(config, family, runs, cells, verdicts, fits, shots, workdir, seconds)
         "the point estimate), the debiased estimator is in the second table. "
         f"Wall time {seconds / 60:.1f} min.", ""]
   if runs:
-    L += ["## Models", "", "| size | seed | params | final train loss | eval loss | train s |",
-          "|---|---:|---:|---:|---:|---:|"]
+    L += ["## Models", "", "| size | seed | params | steps | final train loss | eval loss | "
+          "run s |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
       fmt = lambda v: "-" if v is None else f"{v:.4f}"
-      L.append(f"| {r.size} | {r.seed} | {r.params} | {fmt(r.train_loss)} | {fmt(r.eval_loss)} | "
-               f"{r.seconds:.0f} |")
+      took = "reused" if r.reused else f"{r.seconds:.0f}"
+      L.append(f"| {r.size} | {r.seed} | {r.params} | {r.steps} | {fmt(r.train_loss)} | "
+               f"{fmt(r.eval_loss)} | {took} |")
     m = len(family.labels)
     label_dist = [1 - family.noise] + [family.noise / (m - 1)] * (m - 1)
     h = -sum(q * np.log(q) for q in label_dist if q > 0)     # entropy of a label given the rule
@@ -486,9 +499,9 @@ def report(config, family, runs, cells, verdicts, fits, shots, workdir, seconds)
     for m in METHODS:
       if (size, shots[0], m) not in get:
         continue
-      row = [f"{get[(size, k, m)].metrics['ece_10']:.3f} [{get[(size, k, m)].ci['ece'][0]:.2f}, "
-             f"{get[(size, k, m)].ci['ece'][1]:.2f}] c={get[(size, k, m)].metrics['confidence']:.2f}"
-             for k in shots]
+      cell = lambda k: get[(size, k, m)]
+      row = [f"{cell(k).metrics['ece_10']:.3f} [{cell(k).ci['ece'][0]:.2f}, "
+             f"{cell(k).ci['ece'][1]:.2f}] c={cell(k).metrics['confidence']:.2f}" for k in shots]
       L.append(f"| {size} | {m} | " + " | ".join(row) + " |")
   L += ["", "Other estimators of the raw predictions (debiased l1 ECE with 15 equal-mass "
         "bins, Kumar et al. 2019; MCE; Brier; NLL):", "",
@@ -514,6 +527,12 @@ def report(config, family, runs, cells, verdicts, fits, shots, workdir, seconds)
                f"({r['verdict']}); low-shot ECE - ECE(k={shots[-1]}): [{f_['ci'][0]:+.3f}, "
                f"{f_['ci'][1]:+.3f}] ({f_['verdict']}) -> rise then fall: "
                f"{v['ece_shape']['verdict']}. Largest ECE at k={v['ece_argmax_k']}.")
+    o = v["overconfidence_kmax"]
+    if "overconfidence_low" in v:
+      ol = v["overconfidence_low"]
+      L.append(f"  confidence - accuracy, low-shot mean: [{ol['ci'][0]:+.3f}, {ol['ci'][1]:+.3f}] "
+               f"({ol['verdict']}); at k={shots[-1]}: [{o['ci'][0]:+.3f}, {o['ci'][1]:+.3f}] "
+               f"({o['verdict']}).")
     for m, r in v.get("recalibration", {}).items():
       mk = r["mean_over_k"]
       L.append(f"  {m}: raw - {m} ECE, mean over k: [{mk['ci'][0]:+.3f}, {mk['ci'][1]:+.3f}] "

@@ -12,7 +12,8 @@ padded with empty rows), right-padded to a bucketed length and scored with
 ONE jitted forward per batch (length buckets start at `min_bucket`: a large
 value means fewer compilations, a small one less padding); a 0/1 mask
 selects the continuation positions, so padding (which comes after every
-scored position in its row) never changes a score. Compiled functions are cached per (rows, length) bucket.
+scored position in its row) never changes a score. Compiled functions are
+cached per (rows, length) bucket.
 
 `next_token_logprobs` is the one-forward-per-example special case used for
 classification with single-token labels: log p(v | context) for the
