@@ -279,6 +279,25 @@ class StudyTest(absltest.TestCase):
     self.assertIn("Smoke-scale", text)
     self.assertIn("not resolved", text)
 
+  def test_study_runs_unchanged_on_an_hf_checkpoint(self):
+    import shutil  # pylint: disable=g-import-not-at-top
+    from test_icl_eval import _byte_tokenizer_json  # pylint: disable=g-import-not-at-top
+    d = os.path.join(self.create_tempdir().full_path, "llama")
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "fixtures", "hf", "llama"), d)
+    _byte_tokenizer_json(os.path.join(d, "tokenizer.json"))
+    config = icl_calibration.get_config("tiny")
+    config.checkpoint = "hf:" + d
+    with self.assertRaisesRegex(Exception, "config.eval.prompt_prefix"):
+      study.run(config, self.create_tempdir().full_path)   # no BOS, empty 0-shot prompts
+    config.eval.prompt_prefix = "\n"
+    workdir = self.create_tempdir().full_path
+    summary = study.run(config, workdir)
+    self.assertIn("model/acc_k8", summary)
+    with open(os.path.join(workdir, "results.json")) as f:
+      results = json.load(f)
+    self.assertEqual(results["runs"], [])            # nothing trained
+    self.assertEqual({c["size"] for c in results["cells"]}, {"model", "bayes"})
+
 
 if __name__ == "__main__":
   absltest.main()

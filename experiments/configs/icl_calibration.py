@@ -47,7 +47,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       log_every=50, eval_batches=2))
   c.eval = ml_collections.ConfigDict(dict(
       shots=(0, 1, 2, 4, 8, 16, 32), num_episodes=1500, episode_seed=123, split_seed=7,
-      num_bins=10, bootstrap_resamples=500, bootstrap_seed=0, batch_size=64, max_seq_len=512))
+      num_bins=10, bootstrap_resamples=500, bootstrap_seed=0, batch_size=64, max_seq_len=512,
+      prompt_prefix=""))     # text before every prompt (for models without a BOS id)
   c.mesh = ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, tensor=1)))
   if variant == "tiny":
     c.sizes = (_size("xs", 16, 1, 2, 1, 8, 32),)

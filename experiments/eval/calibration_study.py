@@ -167,8 +167,14 @@ def train_models(config: ml_collections.ConfigDict, family: syn.RuleFamily,
 
 def label_logliks(lm: checkpoint_loading.LoadedLM, family: syn.RuleFamily,
                   episodes: syn.EvalSet, shots: Sequence[int], *, batch_size: int,
-                  max_seq_len: int, progress: progress_lib.Progress) -> dict[int, np.ndarray]:
-  """{k: log p(label text | prompt) [N, m]} for every shot count."""
+                  max_seq_len: int, progress: progress_lib.Progress,
+                  prompt_prefix: str = "") -> dict[int, np.ndarray]:
+  """{k: log p(label text | prefix + prompt) [N, m]} for every shot count."""
+  if lm.bos_id is None and not prompt_prefix and any(
+      not t for t in episodes.prompts(family, min(shots))[0]):
+    raise config_lib.ConfigError(
+        f"config.eval.prompt_prefix: {lm.description} has no beginning-of-sequence id and "
+        f"the {min(shots)}-shot prompts are empty; give a prefix to condition on (e.g. a newline)")
   scorer = icl_scoring.SpanScorer(lm.module, lm.params, batch_size=batch_size,
                                   max_seq_len=max_seq_len, bos_id=lm.bos_id)
   cand_ids = [[lm.encode(t) for t in texts] for texts in episodes.candidates(family)]
@@ -178,7 +184,7 @@ def label_logliks(lm: checkpoint_loading.LoadedLM, family: syn.RuleFamily,
   out = {}
   for k in shots:
     texts, _ = episodes.prompts(family, k)
-    contexts = [lm.encode(t) for t in texts]
+    contexts = [lm.encode(prompt_prefix + t) for t in texts]
     if single:
       # one forward per prompt: valid when encode(prompt + label) = encode(prompt) + [label
       # id], as for byte vocabularies
@@ -582,7 +588,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                    unit="prompt")
   by_size = {size: [label_logliks(lm, family, episodes, shots,
                                   batch_size=int(config.eval.batch_size),
-                                  max_seq_len=int(config.eval.max_seq_len), progress=progress)
+                                  max_seq_len=int(config.eval.max_seq_len), progress=progress,
+                                  prompt_prefix=config.eval.prompt_prefix)
                     for lm in lms] for size, lms in models.items()}
   cells, fits, verdicts = analyse(config, family, episodes, by_size, shots)
   seconds = time.perf_counter() - t0
