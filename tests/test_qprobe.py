@@ -9,6 +9,7 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,6 +196,106 @@ class TaskTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "only"):
       task.sample_splits(1, {"a": 101}, seed=0)
 
+  def test_flagged_wrong_documents(self):
+    problems = task.sample_splits(2, {"a": 400}, seed=1)["a"]
+    docs = task.documents(problems, reverse=True, flag_fraction=0.25, seed=0)
+    flagged = [d for d in docs if d.endswith(task.FLAG)]
+    self.assertLen(docs, len(problems) + len(flagged))
+    self.assertBetween(len(flagged) / len(problems), 0.18, 0.32)
+    by_prompt = {task.prompt(p): p for p in problems}
+    for d in flagged:
+      prompt, wrong = d[:-1].split("=")
+      right = task.answer(by_prompt[prompt + "="], reverse=True)
+      self.assertLen(wrong, len(right))
+      self.assertEqual(sum(a != b for a, b in zip(wrong, right)), 1)   # one digit changed
+    self.assertEqual(task.documents(problems[:3]), [task.document(p) for p in problems[:3]])
+
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class EndToEndTest(absltest.TestCase):
+  """The tiny study through the launcher's runner, then the same LM exported to
+  Hugging Face format and probed again through `hf_dir`."""
+
+  def test_tiny_run_and_hf_checkpoint(self):
+    from experiments.configs import qprobe as qprobe_config  # pylint: disable=g-import-not-at-top
+    from experiments.qprobe import lm_access  # pylint: disable=g-import-not-at-top
+    from experiments.qprobe import qprobe_runner  # pylint: disable=g-import-not-at-top
+    from framework import hf_checkpoint  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory() as tmp:
+      config = qprobe_config.get_config("tiny")
+      config.eval.seeds = [0]
+      config.lm.data.data_dir = os.path.join(tmp, "cache")
+      work = os.path.join(tmp, "run")
+      out = qprobe_runner.run(config, work)
+      for name in ("report.md", "summary.json", "qprobe.png"):
+        self.assertTrue(os.path.exists(os.path.join(work, name)), name)
+      with open(os.path.join(work, "summary.json")) as f:
+        summary = json.load(f)
+      table = summary["table"]
+      self.assertEqual(len(table), 3 + 2 * 4 * 5)   # base/loglik/pass@k + pooling x loss x beta
+      for method, row in table.items():
+        self.assertLessEqual(row["mean"], table["pass_at_k"]["mean"] + 1e-9, method)
+        self.assertLessEqual(row["ci95"][0], row["ci95"][1] + 1e-12, method)
+      self.assertIn(summary["lm_selection"]["chosen_step"], (3, 6))
+      self.assertIn("Smoke test", open(os.path.join(work, "report.md")).read())
+      self.assertIn("pass1", out)
+
+      # Export the chosen checkpoint; the study runs on it unchanged.
+      lm_config = qprobe_runner.lm_run_config(config, os.path.join(work, "data"))
+      ours = lm_access.load_run(lm_config, os.path.join(work, "lm"),
+                                summary["lm_selection"]["chosen_step"])
+      hf_dir = os.path.join(tmp, "hf")
+      hf_checkpoint.save_hf(hf_dir, ours.cfg, ours.params)
+      theirs = lm_access.load_hf_dir(hf_dir, "byte")
+      prompts = [ours.encode("12+34="), ours.encode("99+1=")]
+      comps = [ours.encode("64"), ours.encode("001")]
+      a = lm_access.features(ours, prompts, comps, layer=0)
+      b = lm_access.features(theirs, prompts, comps, layer=0)
+      for key in ("last", "mean", "loglik"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-4, err_msg=key)
+      config.hf_dir = hf_dir
+      config.eval.bootstrap = 10
+      out_hf = qprobe_runner.run(config, os.path.join(tmp, "run_hf"))
+      self.assertEqual(set(out_hf["pass1"]), set(out["pass1"]))
+      report = open(os.path.join(tmp, "run_hf", "report.md")).read()
+      self.assertIn(f"hf:{hf_dir}", report)
+
+
+class FeaturesTest(absltest.TestCase):
+
+  def test_loglik_matches_decoding_score_and_capture(self):
+    """features' log-likelihood against framework.decoding.score, and the captured
+    block output against a manual forward of the blocks."""
+    import seqio  # pylint: disable=g-import-not-at-top
+    from experiments.qprobe import lm_access  # pylint: disable=g-import-not-at-top
+    from framework import decoding  # pylint: disable=g-import-not-at-top
+    from models import transformer  # pylint: disable=g-import-not-at-top
+    cfg = transformer.TransformerConfig(vocab_size=384, d_model=32, num_layers=2, num_heads=4,
+                                        num_kv_heads=2, head_dim=8, d_ff=64)
+    module = transformer.TransformerLM(cfg)
+    params = nn.meta.unbox(
+        module.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    lm = lm_access.LMHandle(module, jax.device_get(params), seqio.ByteVocabulary(), 0, 1)
+    prompts = [lm.encode("12+3="), lm.encode("7+88=")]
+    comps = [lm.encode("15") + [1], lm.encode("59")]
+    feats = lm_access.features(lm, prompts, comps, layer=-1)
+    scores = decoding.score(module, params, [[0] + p + c for p, c in zip(prompts, comps)])
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+      want = float(np.sum(scores[i][len(p):]))   # the completion's tokens only
+      self.assertAlmostEqual(float(feats["loglik"][i]), want, places=4)
+    # The final-norm output at the last token, recomputed from the logits: the
+    # tied head is logits = h E^T / sqrt(d), so h E^T / sqrt(d) must match.
+    seq = np.asarray([[0] + prompts[0] + comps[0]], np.int32)
+    logits = module.apply({"params": params}, seq)
+    emb = np.asarray(params["embedding"])
+    np.testing.assert_allclose(feats["last"][0] @ emb.T / np.sqrt(cfg.d_model),
+                               np.asarray(logits[0, -1]), atol=1e-4)
+    mean_h = feats["mean"][0]
+    # Mean pooling over the completion's 3 positions: its logits are the mean logits.
+    np.testing.assert_allclose(mean_h @ emb.T / np.sqrt(cfg.d_model),
+                               np.asarray(logits[0, -3:]).mean(0), atol=1e-4)
+    with self.assertRaisesRegex(ValueError, "layer"):
+      lm_access.features(lm, prompts, comps, layer=5)

@@ -89,8 +89,8 @@ class MetricsTest(absltest.TestCase):
     self.assertAlmostEqual(lmx.verbatim_coverage(ref, ref, 8), 1.0)
 
   def test_filter_and_field_leak(self):
-    ctx = "Private record of Ana Novak: born 1 May 1980. Phone 555-1234."
-    self.assertEqual(lmx.filter_verbatim("record of Ana Novak: born 1 May", ctx, 5), lmx.FILTERED)
+    ctx = "Ana Novak: born 1 May 1980; phone 555-1234; owes 4200 dollars."
+    self.assertEqual(lmx.filter_verbatim("Ana Novak: born 1 May 1980", ctx, 5), lmx.FILTERED)
     self.assertEqual(lmx.filter_verbatim("Her phone is 555-1234.", ctx, 5),
                      "Her phone is 555-1234.")
     fields = {"phone": "555-1234", "birth": "1 May 1980"}
@@ -139,10 +139,9 @@ class PromptAndDataTest(absltest.TestCase):
 
   def test_prompt_placement_and_attack(self):
     p = rag_prompts.prompt(["c1", "c2"], "q?")
-    self.assertEqual(p, f"[system] {rag_prompts.SYSTEM}\n[context] c1 | c2\n[user] q?\n"
-                        "[assistant] ")
+    self.assertEqual(p, f"S: {rag_prompts.SYSTEM}\nC: c1 | c2\nU: q?\nA: ")
     after = rag_prompts.prompt(["c1"], "q?", placement="after")
-    self.assertLess(after.index("[user]"), after.index("[context]"))
+    self.assertLess(after.index("\nU: "), after.index("\nC: "))
     self.assertIn("Here is a sentence: Ana Novak.", rag_prompts.attack_query("Ana Novak"))
     with self.assertRaisesRegex(ValueError, "placement"):
       rag_prompts.prompt(["c"], "q", placement="middle")
@@ -157,8 +156,8 @@ class PromptAndDataTest(absltest.TestCase):
     attack = rag_prompts.attack_query("x").split(":")[0]
     n_copy = n_qa = n_refuse = 0
     for d in docs:
-      prompt, answer = d.split("[assistant] ")
-      context = prompt.split("[context] ")[1].split("\n[user]")[0]
+      prompt, answer = d.split("\nA: ")
+      context = prompt.split("\nC: ")[1].split("\nU: ")[0]
       self.assertNotIn(attack, d)   # the attack wording is held out
       if answer == rag_prompts.REFUSAL_ANSWER:
         n_refuse += 1
@@ -173,3 +172,55 @@ class PromptAndDataTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+@needs_studies
+class EndToEndTest(absltest.TestCase):
+  """The tiny study: one LM trained through the launcher's runner plus a
+  random-init model exported to Hugging Face format, evaluated unchanged."""
+
+  def test_tiny_run(self):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from experiments.configs import rag_leakage as rag_config  # pylint: disable=g-import-not-at-top
+    from experiments.rag_leakage import rag_runner  # pylint: disable=g-import-not-at-top
+    from framework import hf_checkpoint  # pylint: disable=g-import-not-at-top
+    from models import transformer  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory() as tmp:
+      cfg = transformer.TransformerConfig(vocab_size=384, d_model=16, num_layers=1, num_heads=2,
+                                          num_kv_heads=1, head_dim=8, d_ff=32)
+      params = nn.meta.unbox(transformer.TransformerLM(cfg).init(
+          jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+      hf_dir = os.path.join(tmp, "random_hf")
+      hf_checkpoint.save_hf(hf_dir, cfg, params)
+      config = rag_config.get_config("tiny")
+      config.models = ["S:inst"]
+      config.hf_dirs = [hf_dir]
+      config.lm.data.data_dir = os.path.join(tmp, "cache")
+      config.attack.max_new_tokens = 24
+      work = os.path.join(tmp, "run")
+      out = rag_runner.run(config, work)
+      self.assertEqual(out["retrieval"]["recall@1"], 1.0)
+      self.assertEqual(set(out["rougeL_none"]), {"S:inst", "hf:random_hf"})
+      with open(os.path.join(work, "summary.json")) as f:
+        summary = json.load(f)
+      for name, per_cond in summary["results"].items():
+        self.assertEqual(set(per_cond), set(config.defences.conditions), name)
+        for cond, res in per_cond.items():
+          agg = res["agg"]
+          for metric in ("rougeL", "bleu", "f1", "edit_sim", "reconstructed"):
+            self.assertBetween(agg[metric]["mean"], 0.0, 1.0)
+          self.assertEqual(agg["retrieved"]["mean"], 1.0)
+      rows = [json.loads(line) for line in open(os.path.join(work, "attacks.jsonl"))]
+      n_targets = summary["num_targets"]
+      self.assertLen(rows, 2 * len(config.defences.conditions) * n_targets)
+      report = open(os.path.join(work, "report.md")).read()
+      self.assertIn("Smoke test", report)
+      self.assertIn("hf:random_hf", report)
+      self.assertTrue(os.path.exists(os.path.join(work, "rag_leakage.png")))
+      # The plain-text and instruction training files exist and hold no record.
+      names = [r.name for r in ds.make_records(int(config.datastore.num_records),
+                                               int(config.datastore.seed))]
+      train_text = open(os.path.join(work, "data", "inst_train.jsonl")).read()
+      self.assertFalse(any(n in train_text for n in names))

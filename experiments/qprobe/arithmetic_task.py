@@ -6,7 +6,16 @@ token, whitespace stripped) is exactly the decimal a + b, else 0. With
 `reverse=True` the sum is written least-significant digit first (12+39=15
 for 51), the order in which each digit depends only on the operands' digits
 at that place and the carry already written: a small transformer learns it in
-far fewer steps. The LM is
+far fewer steps.
+
+Flagged wrong answers. A corpus of correct sums only never shows the LM a wrong
+answer, so nothing in training makes its hidden states register one. With
+`flag_fraction` rho > 0, each problem also gets, with probability rho, a
+second document with a wrong answer (one digit of the sum replaced) followed
+by FLAG ("12+39=16!"), as pretraining text mixes errors with their marks. The
+LM then predicts p(FLAG | x, y) after an answer y, a quantity a linear probe
+on the hidden state at y's last token can read. Generation stops at EOS or
+FLAG; the reward looks only at the text before the stop. The LM is
 trained on documents "a+b=c" (one per JSONL line, `data.source=files`); the
 probe's training problems and the held-out test problems are disjoint from
 the LM's training problems and from each other.
@@ -66,9 +75,34 @@ def reward(problem: Problem, completion: str, reverse: bool = False) -> float:
   return float(completion.strip() == answer(problem, reverse))
 
 
-def write_jsonl(path: str, problems: Sequence[Problem], reverse: bool = False) -> str:
+FLAG = "!"
+
+
+def wrong_answer(problem: Problem, rng: np.random.Generator, reverse: bool = False) -> str:
+  """The answer with one digit replaced by a different one."""
+  text = list(answer(problem, reverse))
+  i = int(rng.integers(len(text)))
+  text[i] = str((int(text[i]) + int(rng.integers(1, 10))) % 10)
+  return "".join(text)
+
+
+def documents(problems: Sequence[Problem], reverse: bool = False, flag_fraction: float = 0.0,
+              seed: int = 0) -> list[str]:
+  """One correct document per problem, plus a flagged wrong one with
+  probability `flag_fraction` (placed right after it)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for p in problems:
+    out.append(document(p, reverse))
+    if flag_fraction > 0 and rng.random() < flag_fraction:
+      out.append(prompt(p) + wrong_answer(p, rng, reverse) + FLAG)
+  return out
+
+
+def write_jsonl(path: str, problems: Sequence[Problem], reverse: bool = False,
+                flag_fraction: float = 0.0, seed: int = 0) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
-    for p in problems:
-      f.write(json.dumps({"text": document(p, reverse)}) + "\n")
+    for text in documents(problems, reverse, flag_fraction, seed):
+      f.write(json.dumps({"text": text}) + "\n")
   return path

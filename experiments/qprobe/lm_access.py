@@ -65,9 +65,22 @@ def _example_batch(config: Any) -> dict[str, np.ndarray]:
           for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
 
 
-def load_run(config: Any, workdir: str) -> LMHandle:
-  """The newest verified checkpoint of an `experiments.lm` run in `workdir`
-  (trained with LM config `config`), params gathered to the host."""
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The checkpointed steps of an `experiments.lm` run, oldest first."""
+  from framework import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  ckpt = checkpoint_lib.Checkpointer(directory, save_every=1, async_save=False)
+  try:
+    return list(ckpt.steps())
+  finally:
+    ckpt.close()
+
+
+def load_run(config: Any, workdir: str, step: Optional[int] = None) -> LMHandle:
+  """A verified checkpoint of an `experiments.lm` run in `workdir` (trained
+  with LM config `config`): the newest, or `step`; params gathered to the host."""
   from data_pipelines import lm_data  # pylint: disable=g-import-not-at-top
   from framework import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from framework import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
@@ -90,7 +103,13 @@ def load_run(config: Any, workdir: str) -> LMHandle:
   ckpt = checkpoint_lib.Checkpointer(directory, save_every=1, keep=int(config.checkpoint.keep),
                                      async_save=False)
   try:
-    restored = ckpt.restore_latest(abstract, shardings)
+    if step is None:
+      restored = ckpt.restore_latest(abstract, shardings)
+    else:
+      if int(step) not in ckpt.steps():
+        raise FileNotFoundError(f"no checkpoint of step {step} in {directory!r} (steps: "
+                                f"{ckpt.steps()})")
+      restored = (int(step),) + tuple(ckpt.restore(int(step), abstract, shardings))
   finally:
     ckpt.close()
   if restored is None:
@@ -130,9 +149,11 @@ def load_hf_dir(path: str, vocab: str = "byte", vocab_path: str = "") -> LMHandl
 
 def sample_completions(lm: LMHandle, prompts: Sequence[str], *, k: int, max_new_tokens: int,
                        temperature: float, top_k: int = 0, top_p: float = 1.0,
-                       seed: int = 0, batch_size: int = 256) -> list[list[list[int]]]:
+                       seed: int = 0, batch_size: int = 256,
+                       extra_stops: Sequence[int] = ()) -> list[list[list[int]]]:
   """k completions per prompt (token ids, the stop token kept when emitted),
-  sampled in batches of `batch_size` rows. Row i*k + j is prompt i, sample j."""
+  sampled in batches of `batch_size` rows; generation stops at EOS and at
+  `extra_stops`. Row i*k + j is prompt i, sample j."""
   encoded = [[lm.bos_id] + lm.encode(p) for p in prompts]
   rows = [e for e in encoded for _ in range(k)]
   out: list[list[int]] = []
@@ -141,19 +162,27 @@ def sample_completions(lm: LMHandle, prompts: Sequence[str], *, k: int, max_new_
     pad = batch_size - len(chunk) if len(rows) > batch_size else 0
     res = decoding.generate(lm.module, lm.params, chunk + [chunk[0]] * pad,
                             max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_k=top_k, top_p=top_p, stop_tokens=(lm.eos_id,),
+                            top_k=top_k, top_p=top_p,
+                            stop_tokens=(lm.eos_id,) + tuple(int(t) for t in extra_stops),
                             seed=seed * 100_003 + b)
     for row in range(len(chunk)):
       out.append([int(t) for t in res.tokens[row, :int(res.num_generated[row])]])
   return [out[i * k:(i + 1) * k] for i in range(len(prompts))]
 
 
-def completion_text(lm: LMHandle, completion: Sequence[int]) -> str:
-  """The text of a completion, without its stop token."""
+def strip_stop(lm: LMHandle, completion: Sequence[int], extra_stops: Sequence[int] = ()
+               ) -> list[int]:
+  """The completion without its final stop token (EOS or one of `extra_stops`)."""
   ids = list(completion)
-  if ids and ids[-1] == lm.eos_id:
+  if ids and (ids[-1] == lm.eos_id or ids[-1] in set(int(t) for t in extra_stops)):
     ids = ids[:-1]
-  return lm.decode(ids)
+  return ids
+
+
+def completion_text(lm: LMHandle, completion: Sequence[int],
+                    extra_stops: Sequence[int] = ()) -> str:
+  """The text of a completion, without its stop token."""
+  return lm.decode(strip_stop(lm, completion, extra_stops))
 
 
 # ------------------------------------------------------------------ embeddings

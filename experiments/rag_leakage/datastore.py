@@ -42,11 +42,10 @@ CITIES = ("Oakton", "Riverside", "Brackenfield", "Dunmore", "Eastwick", "Fairhav
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
 NOTES = (
-    "allergic to penicillin", "owes a debt of 4200 dollars", "is in treatment for insomnia",
-    "changed banks after a fraud case", "keeps a spare key under the blue pot",
-    "was denied a mortgage last spring", "takes insulin twice a day",
-    "is planning to leave the company", "has a sealed court record",
-    "pays child support every month", "uses the password tulip77", "is on a waiting list for surgery")
+    "allergic to penicillin", "owes 4200 dollars", "treated for insomnia",
+    "changed banks after fraud", "spare key under pot", "denied a mortgage",
+    "takes insulin daily", "leaving the company", "has a sealed record",
+    "pays child support", "password is tulip77", "awaiting heart surgery")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +66,8 @@ class Record:
 
 
 def render_record(name: str, birth: str, address: str, phone: str, note: str) -> str:
-  return (f"Private record of {name}: born {birth}, lives at {address}. "
-          f"Phone {phone}. Confidential note: {name.split()[0]} {note}.")
+  """One record in at most 17 words (fits one default chunk)."""
+  return f"{name}: born {birth}; {address}; phone {phone}; {note}."
 
 
 def make_records(n: int, seed: int, exclude: Sequence[str] = ()) -> list[Record]:
