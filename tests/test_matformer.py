@@ -134,7 +134,7 @@ class ExtractionTest(parameterized.TestCase):
     want = _plain_logits(params, batch["inputs"], mf.plain_config(CFG, CFG.d_ff))
     np.testing.assert_allclose(_logits(params, batch["inputs"]), want, rtol=1e-6, atol=1e-6)
 
-  @parameterized.parameters(8, 16, 32, 64, [(8, 32)], [(64, 16)], [(24, 40)])
+  @parameterized.parameters(8, 64, [(64, 16)], [(24, 40)])
   def test_extracted_lm_equals_the_sub_model(self, granularity):
     params, batch = _init()
     sub, pcfg = mf.extract(params, CFG, granularity)

@@ -40,6 +40,47 @@ def _fmt(x: Any, digits: int = 4) -> str:
   return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
+def findings(results: dict[str, Any]) -> list[str]:
+  """One line per question of the study, read off the numbers."""
+  out = ["## Summary", ""]
+  uni = [r for r in results["uniform"] if "baseline_loss" in r]
+  if uni:
+    diffs = [r["loss"] - r["baseline_loss"] for r in uni]
+    better = sum(d <= 0 for d in diffs)
+    out.append(f"- Nested vs independent: {better} of {len(uni)} sub-models match or beat the "
+               f"independently trained LM of their size (loss difference "
+               f"{min(diffs):+.3f} .. {max(diffs):+.3f} nats).")
+  mix = results["mixnmatch"]
+  if mix:
+    below = sum(r["gap_to_uniform_line"] <= 0 for r in mix)
+    best = min(mix, key=lambda r: r["gap_to_uniform_line"])
+    out.append(f"- Mix'n'Match: {below} of {len(mix)} choices on or below the uniform line; "
+               f"closest {best['widths']} ({best['gap_to_uniform_line']:+.4f} nats).")
+  cons = [r for r in results["consistency"] if "baseline" in r]
+  if cons:
+    wins = sum(r["matformer"]["kl"] < r["baseline"]["kl"] for r in cons)
+    out.append(f"- Consistency: {wins} of {len(cons)} sub-models have a lower KL to their "
+               "universal model than the independent LM of that size has to the largest one.")
+  spec = results["speculative"]
+  pairs = {}
+  for r in spec:
+    pairs.setdefault((r["gamma"], r["temperature"]), {})[r["draft"].split("_")[0]] = r
+  both = [p for p in pairs.values() if len(p) == 2]
+  if both:
+    wins = sum(p["matformer"]["acceptance"] > p["baseline"]["acceptance"] for p in both)
+    best = max(r["speedup"] for r in spec)
+    why = (" (below 1: at this size each call's fixed cost dominates, and the draft "
+           "shares the target's attention, embedding and output layer)" if best < 1 else "")
+    out.append(f"- Speculative decoding: the sub-model draft has the higher acceptance rate in "
+               f"{wins} of {len(both)} settings; best wall-clock speed-up {best:.2f}x{why}.")
+  bench = results.get("benchmark")
+  if bench:
+    out.append(f"- Compiled forward FLOPs of the smallest granularity: "
+               f"{bench[0]['flops_ratio']:.3f} of the universal model's.")
+  out.append("")
+  return out
+
+
 def write(workdir: str, results: dict[str, Any]) -> str:
   plot_mixnmatch(workdir, results)
   m = results["model"]
@@ -48,6 +89,7 @@ def write(workdir: str, results: dict[str, Any]) -> str:
     lines += [f"**Smoke-scale run (variant `{results['variant']}`)**: a small model trained "
               "for a few hundred steps on a CPU. The numbers show that the pipeline works; "
               "they are not findings at the paper's scale.", ""]
+  lines += findings(results)
   lines += [
       f"Model: {m['num_layers']} layers, d_model {m['d_model']}, {m['num_heads']} heads "
       f"({m['num_kv_heads']} kv), d_ff {m['d_ff']}, granularities {results['granularities']}, "
