@@ -91,14 +91,26 @@ class MatFormerConfig(transformer.TransformerConfig):
     if self.mode not in MODES:
       raise ValueError(f"model.mode={self.mode!r} must be one of {MODES}")
     g = len(grans)
+    # Kept as given (so dataclasses.replace with other granularities works);
+    # `weights` and `probs` resolve the defaults.
     for field in ("loss_weights", "sample_probs"):
-      values = tuple(float(v) for v in getattr(self, field)) or (1.0 / g,) * g
-      if len(values) != g or min(values) < 0 or sum(values) <= 0:
+      values = tuple(float(v) for v in getattr(self, field))
+      if values and (len(values) != g or min(values) < 0 or sum(values) <= 0):
         raise ValueError(f"model.{field}={values} needs {g} non-negative values "
                          f"(one per granularity {grans}) with a positive sum")
-      if field == "sample_probs":
-        values = tuple(v / sum(values) for v in values)
       object.__setattr__(self, field, values)
+
+  @property
+  def weights(self) -> tuple[float, ...]:
+    """Joint loss weights w_i (default 1/g each)."""
+    g = len(self.granularities)
+    return self.loss_weights or (1.0 / g,) * g
+
+  @property
+  def probs(self) -> tuple[float, ...]:
+    """Sampling probabilities p_i (default uniform), normalised to sum 1."""
+    values = self.sample_probs or (1.0,) * len(self.granularities)
+    return tuple(v / sum(values) for v in values)
 
 
 def plain_config(cfg: MatFormerConfig, d_ff: int) -> transformer.TransformerConfig:
@@ -262,14 +274,14 @@ class MatFormerLM(nn.Module):
     grans = cfg.granularities
     if cfg.mode == "sampled" and "step" in batch:
       key = jax.random.fold_in(jax.random.PRNGKey(cfg.sample_seed), batch["step"])
-      index = jax.random.choice(key, len(grans), p=jnp.asarray(cfg.sample_probs))
+      index = jax.random.choice(key, len(grans), p=jnp.asarray(cfg.probs))
       if self.is_initializing():   # every branch must see initialised parameters
         self.granularity_sums(batch, None)
       branches = [lambda mdl, b, m=m: mdl.granularity_sums(b, m) for m in grans]
       sums = nn.switch(index, branches, self, batch)
       width = jnp.asarray(grans, jnp.float32)[index]
       return dict(sums, ffn_width=width * sums["tokens"])
-    weights = cfg.loss_weights if cfg.mode == "joint" else cfg.sample_probs
+    weights = cfg.weights if cfg.mode == "joint" else cfg.probs
     out: dict[str, Array] = {}
     total = 0.0
     for m, w in zip(grans, weights):
@@ -384,5 +396,5 @@ def flops_per_token(cfg: MatFormerConfig, seq_len: int, granularity: Granularity
     return base + 6.0 * 3 * cfg.d_model * sum(widths)
   if granularity is not None:
     return one(granularity)
-  weights = (1.0,) * len(cfg.granularities) if cfg.mode == "joint" else cfg.sample_probs
+  weights = (1.0,) * len(cfg.granularities) if cfg.mode == "joint" else cfg.probs
   return float(sum(w * one(m) for m, w in zip(cfg.granularities, weights)))

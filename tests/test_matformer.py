@@ -61,7 +61,9 @@ class ConfigTest(parameterized.TestCase):
   def test_default_granularities_are_the_papers(self):
     cfg = mf.MatFormerConfig(d_ff=768)
     self.assertEqual(cfg.granularities, (96, 192, 384, 768))
-    self.assertEqual(cfg.loss_weights, (0.25,) * 4)
+    self.assertEqual(cfg.weights, (0.25,) * 4)
+    self.assertEqual(mf.MatFormerConfig(d_ff=64, sample_probs=(1, 1, 2, 4)).probs,
+                     (0.125, 0.125, 0.25, 0.5))
     self.assertIsInstance(cfg, tr.TransformerConfig)
 
   @parameterized.parameters(
@@ -223,7 +225,8 @@ class StudyPiecesTest(absltest.TestCase):
 class ObjectiveTest(parameterized.TestCase):
 
   def test_joint_loss_and_gradient_are_weighted_sums_over_granularities(self):
-    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, loss_weights=(0.1, 0.2, 0.3, 0.4)))
+    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, granularities=(8, 32, 64),
+                                    loss_weights=(0.2, 0.3, 0.5)))
     params, batch = _init(cfg)
     model = mf.build(cfg)
 
@@ -240,9 +243,9 @@ class ObjectiveTest(parameterized.TestCase):
       return model.loss(p, batch), grad, separate, small
 
     sums, loss_grad, separate, g8 = both(params)
-    want_loss = sum(w * separate[m][0] for m, w in zip(cfg.granularities, cfg.loss_weights))
+    want_loss = sum(w * separate[m][0] for m, w in zip(cfg.granularities, cfg.weights))
     want_grad = jax.tree.map(jnp.zeros_like, params)
-    for m, w in zip(cfg.granularities, cfg.loss_weights):
+    for m, w in zip(cfg.granularities, cfg.weights):
       want_grad = jax.tree.map(lambda a, b, w=w: a + w * b, want_grad, separate[m][1])
       np.testing.assert_allclose(sums[f"loss_ffn{m}"], separate[m][0], rtol=1e-5)
     np.testing.assert_allclose(sums["loss"], want_loss, rtol=1e-5)
@@ -284,7 +287,7 @@ class SampledTrainStepTest(absltest.TestCase):
     import optax  # pylint: disable=g-import-not-at-top
     from framework import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
     from framework import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
-    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, mode="sampled"))
+    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, mode="sampled", granularities=(16, 64)))
     model = mf.build(cfg)
     _, batch = _init(cfg)
     mesh = mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])
