@@ -169,9 +169,19 @@ class PromptAndDataTest(absltest.TestCase):
         self.assertIn(answer, context)   # qa answers come from the context
     self.assertTrue(n_copy > 30 and n_qa > 30 and n_refuse > 30, (n_copy, n_qa, n_refuse))
 
-
-if __name__ == "__main__":
-  absltest.main()
+  def test_copy_random_and_one_off_people(self):
+    banned = f"{ds.FIRST_NAMES[0]} {ds.LAST_NAMES[0]}"
+    people = ds.make_records(3000, seed=7, exclude=[banned], distinct_names=False)
+    self.assertNotIn(banned, [p.name for p in people])
+    self.assertLess(len({p.name for p in people}), 3000)   # names repeat, fields drawn afresh
+    docs = instruction_data.make_examples(
+        40, {"copy_random": 1}, people, ["some public text " * 10], chunk_size=8,
+        chunk_overlap=2, context_chunks=3, seed=1)
+    for d in docs:
+      prompt, answer = d.split("\nA: ")
+      context = prompt.split("\nC: ")[1].split("\nU: ")[0]
+      self.assertEqual(answer, context)
+      self.assertNotIn("public", context)   # random strings, not the public text
 
 
 @needs_studies
@@ -224,3 +234,6 @@ class EndToEndTest(absltest.TestCase):
                                                int(config.datastore.seed))]
       train_text = open(os.path.join(work, "data", "inst_train.jsonl")).read()
       self.assertFalse(any(n in train_text for n in names))
+
+if __name__ == "__main__":
+  absltest.main()

@@ -3,8 +3,8 @@
 Positives are the target documents, negatives the pool's (all of them, or a
 seeded sample of `max_negatives`); features are word unigrams and bigrams of
 `curation.quality.prepare`'s text, trained by `curation.quality.train`
-(one thread, fixed seed and example order: the same files give the same
-model). A pool document's score is P(__label__target | x); the selection
+(one thread, fixed seed and example order; fastText's trainer is still not
+bit-reproducible, so a retrain gives close, not identical, probabilities). A pool document's score is P(__label__target | x); the selection
 keeps the 1/tau most target-like (`selection.method_scores("fasttext", ...)`).
 """
 from __future__ import annotations

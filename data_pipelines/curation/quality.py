@@ -36,8 +36,9 @@ def _texts(paths: Sequence[str]) -> list[str]:
 def train(positive: Sequence[str], negative: Sequence[str], out_path: str, c) -> str:
   """Trains on JSONL files (`text` field) and saves the model to out_path.
 
-  Single-threaded with a fixed seed and a seeded example order, so the same
-  files give the same model.
+  Single-threaded with a fixed seed and a seeded example order. fastText's
+  trainer is still not bit-reproducible run to run (scores move by ~1e-4 and
+  occasionally more), so callers compare selections, not raw floats.
   """
   import fasttext  # pylint: disable=g-import-not-at-top
   pos, neg = _texts(positive), _texts(negative)

@@ -50,7 +50,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       seed=0,
   ))
   c.data = ml_collections.ConfigDict(dict(
-      train_people=40 if tiny else 400,  # synthetic people of the instruction data
+      train_people=80 if tiny else 6000,  # one-off synthetic people of the training data
       num_instructions=80 if tiny else 4000,
       plain_fraction=0.25,               # plain documents in the instruction models' mix
       mix=dict(qa=0.35, copy=0.45, refuse=0.15, refuse_qa=0.05),

@@ -107,8 +107,13 @@ def _swiglu(tap: _Tap, module: transformer.SwiGLU, x: Array) -> Array:
 
 
 def _attention(tap: _Tap, module: transformer.Attention, x: Array,
-               positions: Array, segment_ids: Array) -> Array:
-  """transformer.Attention.__call__ with taps on wq, wk, wv (before RoPE) and wo."""
+               positions: Array, segment_ids: Array, cache=None, starts=None) -> Array:
+  """transformer.Attention.__call__ (training form) with taps on wq, wk, wv and wo.
+
+  The taps see q/k/v before biases and RoPE: the linear maps' own outputs.
+  """
+  if cache is not None:
+    raise NotImplementedError("taps cover the training forward, not KV-cache decoding")
   cfg, p = module.cfg, _module_params(module)
   pre = "/".join(module.path)
   x = x.astype(cfg.dtype)
@@ -117,10 +122,16 @@ def _attention(tap: _Tap, module: transformer.Attention, x: Array,
   q = tap.linear(pre + "/wq", rows, jnp.einsum("btd,dnh->btnh", x, p["wq"].astype(dt)))
   k = tap.linear(pre + "/wk", rows, jnp.einsum("btd,dkh->btkh", x, p["wk"].astype(dt)))
   v = tap.linear(pre + "/wv", rows, jnp.einsum("btd,dkh->btkh", x, p["wv"].astype(dt)))
-  q = transformer.rope(q, positions, cfg.rope_theta)
-  k = transformer.rope(k, positions, cfg.rope_theta)
+  if cfg.qkv_bias:
+    q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
+  freqs = transformer.rope_frequencies(cfg)
+  q = transformer.rope(q, positions, freqs)
+  k = transformer.rope(k, positions, freqs)
   length = x.shape[1]
   causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+  if cfg.sliding_window:
+    offset = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]
+    causal &= offset < cfg.sliding_window
   same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
   mask = (causal[None] & same_segment)[:, None]
   out = jax.nn.dot_product_attention(q, k, v, mask=mask)

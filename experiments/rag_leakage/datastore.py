@@ -70,15 +70,18 @@ def render_record(name: str, birth: str, address: str, phone: str, note: str) ->
   return f"{name}: born {birth}; {address}; phone {phone}; {note}."
 
 
-def make_records(n: int, seed: int, exclude: Sequence[str] = ()) -> list[Record]:
-  """n records with distinct names, none named in `exclude`."""
+def make_records(n: int, seed: int, exclude: Sequence[str] = (),
+                 distinct_names: bool = True) -> list[Record]:
+  """n records, none named in `exclude`; with distinct names (the datastore's)
+  or names drawn with replacement (the many one-off people of the training data,
+  whose other fields are drawn afresh for each)."""
   rng = np.random.default_rng(seed)
   names = [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES]
   names = [x for x in names if x not in set(exclude)]
-  if n > len(names):
+  if distinct_names and n > len(names):
     raise ValueError(f"asked for {n} records; only {len(names)} distinct names are left")
   out = []
-  for idx in rng.choice(len(names), size=n, replace=False):
+  for idx in rng.choice(len(names), size=n, replace=not distinct_names):
     name = names[int(idx)]
     birth = f"{int(rng.integers(1, 29))} {MONTHS[int(rng.integers(12))]} " \
             f"{int(rng.integers(1940, 2005))}"

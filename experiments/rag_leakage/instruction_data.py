@@ -13,6 +13,10 @@ before the query, default system prompt unless stated) followed by the answer:
            REFUSAL_ANSWER.
   refuse_qa  the refusal system prompt with a qa query; answer: the field
            (refusing is about copying, not about answering).
+  copy_random  context: 3-8 random letter-and-digit strings; a copy request;
+           answer: the context. Nothing but copying predicts these answers,
+           which is what makes small models learn to copy (induction) within
+           a short training run.
 
 The exact attack wording of `rag_prompts.attack_query` is never used in
 training: what is measured is whether copying generalises to it.
@@ -21,8 +25,10 @@ Plain documents (the non-instruction control trains on these only, the
 instruction-tuned models on a mix) are paragraphs of the training split of the
 Python documentation and the training people's records as prose.
 
-The training people are drawn with their own seed and exclude every datastore
-record's name, so no private record is ever training data.
+The training people are drawn with their own seed, every field afresh (names
+may repeat, never a datastore record's name), and each is used once while
+they last: so no private record is ever training data, and the model cannot
+answer from memorised people, only from its context.
 """
 from __future__ import annotations
 
@@ -49,7 +55,16 @@ QA_TEMPLATES = (
     ("Where does {name} live?", "address"),
     ("When was {name} born?", "birth"),
 )
-KINDS = ("qa", "copy", "refuse", "refuse_qa")
+KINDS = ("qa", "copy", "refuse", "refuse_qa", "copy_random")
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def random_words(rng: np.random.Generator) -> str:
+  words = []
+  for _ in range(int(rng.integers(3, 9))):
+    letters = rng.choice(len(_ALPHABET), size=int(rng.integers(2, 9)))
+    words.append("".join(_ALPHABET[int(i)] for i in letters))
+  return " ".join(words)
 
 
 def qa_query(template_index: int, name: str) -> tuple[str, str]:
@@ -82,15 +97,19 @@ def make_examples(num: int, mix: dict[str, float], people: Sequence[datastore.Re
   if not chunks or not people:
     raise ValueError("instruction data needs public texts and training people")
   docs = []
-  for _ in range(int(num)):
+  for n in range(int(num)):
     kind = kinds[int(rng.choice(len(kinds), p=weights))]
-    person = people[int(rng.integers(len(people)))]
+    person = people[n % len(people)]   # each person once while they last
     if kind in ("qa", "refuse_qa"):
       ctx = [person.text] + [chunks[int(rng.integers(len(chunks)))]
                              for _ in range(context_chunks - 1)]
       rng.shuffle(ctx)
       query, field = qa_query(int(rng.integers(len(QA_TEMPLATES))), person.name)
       answer = person.fields[field]
+    elif kind == "copy_random":
+      ctx = [random_words(rng) for _ in range(context_chunks)]
+      query = _copy_request(rng, ctx[0].split()[0])
+      answer = rag_prompts.context_text(ctx)
     else:
       ctx = [chunks[int(rng.integers(len(chunks)))] for _ in range(context_chunks)]
       if rng.random() < 0.5:   # copy people's records too, not only prose

@@ -121,8 +121,10 @@ def retrieve(store: dict[str, Any], queries: list[str], k: int) -> list[list[int
 def write_training_data(config: Any, store: dict[str, Any], data_dir: str) -> dict[str, str]:
   """JSONL files for the instruction mix and the plain-text control."""
   dc, d = config.data, config.datastore
+  # One-off people: every field drawn afresh, so that answering or copying
+  # needs the context (a small fixed set of people would be memorised instead).
   people = ds.make_records(int(dc.train_people), int(dc.seed),
-                           exclude=[r.name for r in store["records"]])
+                           exclude=[r.name for r in store["records"]], distinct_names=False)
   public_train = ds.public_documents(split="train")
   rng = np.random.default_rng(int(dc.seed))
   inst = instruction_data.make_examples(
