@@ -17,6 +17,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PEAK_FLOPS = {  # dense bf16, per chip / GPU
     "TPU v4": 275e12,
@@ -67,3 +68,52 @@ def peak_flops_per_device(override: float = 0.0) -> tuple[float, str]:
   if jax.devices()[0].platform == "cpu":
     rate /= max(len(jax.devices()), 1)
   return rate, f"measured-matmul:{kind}"
+
+
+def _dot_general_flops(eqn) -> float:
+  """2 x batch x M x N x K for one dot_general (K: the contracted size)."""
+  (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
+  lhs, rhs = (v.aval.shape for v in eqn.invars)
+  out = eqn.outvars[0].aval.shape
+  k = int(np.prod([lhs[d] for d in lhs_contract])) if lhs_contract else 1
+  del rhs, lhs_batch
+  return 2.0 * float(np.prod(out)) * k
+
+
+def _sub_jaxprs(eqn):
+  for value in eqn.params.values():
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    for item in items:
+      if hasattr(item, "eqns"):
+        yield item
+      elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+        yield item.jaxpr
+
+
+def jaxpr_matmul_flops(jaxpr) -> float:
+  """Matmul FLOPs of a (closed) jaxpr as traced, each scan body x its length.
+
+  Counts dot_general (2 M N K per output batch; convolutions are not
+  counted); a `scan` multiplies its body by `length`, a `cond` takes its most
+  expensive branch, a `while` with unknown trip count counts its body once.
+  Unlike XLA's `cost_analysis()`, which counts a loop body once, this gives a
+  scanned-layers program its full count; rematerialised forwards appear in
+  the differentiated jaxpr and are counted.
+  """
+  inner = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in inner.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      total += _dot_general_flops(eqn)
+      continue
+    subs = [jaxpr_matmul_flops(j) for j in _sub_jaxprs(eqn)]
+    if not subs:
+      continue
+    if name == "scan":
+      total += float(eqn.params["length"]) * sum(subs)
+    elif name == "cond":
+      total += max(subs)
+    else:
+      total += sum(subs)
+  return total

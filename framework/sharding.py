@@ -32,7 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_embed", None),
     ("activation_heads", "tensor"),
     ("activation_kv", None),
-  ("activation_kv_heads", "tensor"),   # the decoding cache's kv heads
+    ("activation_kv_heads", "tensor"),   # the decoding cache's kv heads
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
     # parameters: fsdp shards the model dimension, tensor the Megatron-style ones

@@ -193,13 +193,14 @@ def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh: Mesh,
       return jitted(state, batch)
 
   run.jitted = jitted
-  run.lower = lambda state, batch: _lower(jitted, mesh, rules, state, batch)
+  run.lower = lambda state, batch: _in_context(jitted.lower, mesh, rules, state, batch)
+  run.trace = lambda state, batch: _in_context(jitted.trace, mesh, rules, state, batch)
   return run
 
 
-def _lower(jitted, mesh, rules, state, batch):
+def _in_context(method, mesh, rules, state, batch):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    return jitted.lower(state, batch)
+    return method(state, batch)
 
 
 def jit_eval_step(eval_fn: Callable, param_shardings: Any, mesh: Mesh, rules: Any,

@@ -357,6 +357,9 @@ class TensorMap:
 
 def hf_to_ours(cfg: TransformerConfig) -> dict[str, TensorMap]:
   """Our param path ("layer_0/attn/wq") -> its `TensorMap`, in HF's usual tensor order."""
+  if getattr(cfg, "scan_layers", False):
+    raise HFConfigError("model.scan_layers=True stacks the layers; HF checkpoints map to the "
+                        "unrolled layout (layer_0 .. layer_{L-1}): set model.scan_layers=False")
   d, v, f = cfg.d_model, cfg.vocab_size, cfg.d_ff
   h, k, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   maps: dict[str, TensorMap] = {}

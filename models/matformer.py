@@ -77,6 +77,9 @@ class MatFormerConfig(transformer.TransformerConfig):
 
   def __post_init__(self):
     super().__post_init__()
+    if self.scan_layers:
+      raise ValueError("model.scan_layers=True is not supported by the MatFormer (its layers "
+                       "are unrolled: Mix'n'Match picks a width per layer)")
     b, d_ff = self.interleave, self.d_ff
     if b < 1 or d_ff % b:
       raise ValueError(f"model.interleave={b} must be >= 1 and divide model.d_ff={d_ff}")

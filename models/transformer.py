@@ -76,6 +76,11 @@ class TransformerConfig:
   rope_high_freq_factor: float = 4.0    # llama3 only
   rope_original_max_len: int = 8192     # llama3 only
   sliding_window: int = 0           # 0: full causal attention; w: the last w keys (Mistral)
+  # One block body under `nn.scan` with weights stacked on a leading `layers`
+  # axis (MaxText's scan_layers): compile time stops growing with depth. The
+  # params are then {"layers": {"block": ...}}, not layer_0..layer_{L-1}; the
+  # KV-cache forward and HF import/export need the unrolled layout.
+  scan_layers: bool = False
 
   def __post_init__(self):
     if isinstance(self.remat, bool):   # older configs: remat=True/False
@@ -294,6 +299,15 @@ class DecoderBlock(nn.Module):
     return x if cache is None else (x, cache)
 
 
+class ScannedBlock(nn.Module):
+  """A decoder block as `nn.scan`'s body: (carry x, per-layer output None)."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array):
+    return DecoderBlock(self.cfg, name="block")(x, positions, segment_ids), None
+
+
 def lm_loss_sums(logits: Array, targets: Array, weights: Array) -> dict[str, Array]:
   """Sums of token cross-entropy and accuracy, with the token count.
 
@@ -340,17 +354,29 @@ class TransformerLM(nn.Module):
     x = nn.with_logical_constraint(
         x, ("activation_batch", "activation_length", "activation_embed"))
     policy = REMAT_POLICIES[cfg.remat]
-    if cfg.remat != "none" and cache is None:
-      block = nn.remat(DecoderBlock, policy=policy)
+    new_cache = {}
+    if cfg.scan_layers:
+      if cache is not None:
+        raise NotImplementedError("model.scan_layers=True trains and scores only; KV-cache "
+                                  "decoding needs the unrolled layout (scan_layers=False)")
+      body = ScannedBlock
+      if cfg.remat != "none":
+        body = nn.remat(ScannedBlock, policy=policy, prevent_cse=False)
+      stack = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(cfg, name="layers")(x, positions, segment_ids)
     else:
       block = DecoderBlock
-    new_cache = {}
-    for i in range(cfg.num_layers):
-      name = f"layer_{i}"
-      if cache is None:
-        x = block(cfg, name=name)(x, positions, segment_ids)
-      else:
-        x, new_cache[name] = block(cfg, name=name)(x, positions, segment_ids, cache[name], starts)
+      if cfg.remat != "none" and cache is None:
+        block = nn.remat(DecoderBlock, policy=policy)
+      for i in range(cfg.num_layers):
+        name = f"layer_{i}"
+        if cache is None:
+          x = block(cfg, name=name)(x, positions, segment_ids)
+        else:
+          x, new_cache[name] = block(cfg, name=name)(x, positions, segment_ids, cache[name],
+                                                     starts)
     x = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
       logits = x @ embedding.astype(cfg.dtype).T

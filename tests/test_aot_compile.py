@@ -108,6 +108,21 @@ class WithoutCompilerTest(parameterized.TestCase):
     self.assertEqual(got["reduce-scatter"], {"count": 1, "bytes": 4 * 1024 * 4})
     self.assertEqual(got["all-to-all"]["count"], 0)
 
+  def test_trip_count_read_from_the_loop_condition(self):
+    # The TPU compiler's HLO often has no known_trip_count: the loop runs while
+    # counter < constant(N), the form JAX lowers scans to.
+    cond = """%cond (q: (s32[], bf16[8,128])) -> pred[] {
+  %k = s32[]{:T(128)} constant(6)
+  %q = (s32[], bf16[8,128]) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%q), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %k), direction=LT, metadata={op_name="x"}
+}"""
+    hlo = _HLO.replace(', backend_config={"known_trip_count":{"n":"4"}}', "")
+    start, end = hlo.index("%cond ("), hlo.index("ENTRY")
+    self.assertEqual(aot_compile.collectives(hlo)["all-reduce"]["count"], 1)  # unknown: once
+    got = aot_compile.collectives(hlo[:start] + cond + "\n\n" + hlo[end:])
+    self.assertEqual(got["all-reduce"], {"count": 6, "bytes": 6 * 8 * 128 * 2})
+
   def test_compiler_out_of_memory_message(self):
     gib = 2 ** 30
     need, have, text = aot_compile.parse_oom(

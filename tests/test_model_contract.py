@@ -124,7 +124,15 @@ class ModelContractTest(parameterized.TestCase):
 
   @parameterized.parameters(*sorted(CASES))
   def test_one_device_equals_eight(self, name):
-    model, batch = _build(name)
+    self._one_device_equals_eight(*_build(name))
+
+  def test_scanned_transformer_one_device_equals_eight(self):
+    fields, make_batch = CASES["transformer"]
+    model = registry.build(dict(name="transformer", **{**fields, "num_layers": 2},
+                                scan_layers=True, remat="full"))
+    self._one_device_equals_eight(model, make_batch(np.random.default_rng(0)))
+
+  def _one_device_equals_eight(self, model, batch):
     sched = ml_collections.ConfigDict(dict(name="constant", peak_lr=1e-2, warmup_steps=0))
     opt = ml_collections.ConfigDict(dict(name="adamw", b1=0.9, b2=0.99, eps=1e-8,
                                          weight_decay=0.0, grad_clip_norm=0.0, kwargs={}))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
+from framework import flops as flops_lib
 from models import mlp as mlp_lib
 from models import transformer as tr
 
@@ -146,6 +147,55 @@ class TransformerTest(parameterized.TestCase):
         lambda p: m.apply({"params": p}, batch, method="loss")["loss"]))(params))
     self.assertEqual(jaxpr(remat).count("remat2["), CFG.num_layers)
     self.assertNotIn("remat", jaxpr(plain))
+
+  @parameterized.parameters("none", "full")
+  def test_scanned_layers_equal_unrolled_layers(self, remat):
+    tokens = jax.random.randint(jax.random.key(0), (2, 8), 0, CFG.vocab_size)
+    batch = {"inputs": tokens, "targets": tokens, "weights": jnp.ones_like(tokens)}
+    plain = tr.TransformerLM(CFG)
+    params = unbox(plain.init(jax.random.key(1), tokens)["params"])
+    scan_cfg = tr.TransformerConfig(**{**CFG.__dict__, "scan_layers": True, "remat": remat})
+    scanned = tr.TransformerLM(scan_cfg)
+    boxed = scanned.init(jax.random.key(1), tokens)["params"]
+    # Weights stack on a leading "layers" axis with its logical name.
+    wq = boxed["layers"]["block"]["attn"]["wq"]
+    self.assertEqual(wq.names, ("layers", "embed", "heads", "kv"))
+    self.assertEqual(wq.value.shape, (CFG.num_layers, 32, 4, 8))
+    stacked = {k: v for k, v in params.items() if not k.startswith("layer_")}
+    stacked["layers"] = {"block": jax.tree.map(
+        lambda *xs: jnp.stack(xs), *[params[f"layer_{i}"] for i in range(CFG.num_layers)])}
+    loss = lambda m, p: m.apply({"params": p}, batch, method="loss")["loss"]
+    np.testing.assert_allclose(scanned.apply({"params": stacked}, tokens),
+                               plain.apply({"params": params}, tokens), rtol=1e-5, atol=1e-5)
+    g_scan = jax.jit(jax.grad(lambda p: loss(scanned, p)))(stacked)
+    g_plain = jax.jit(jax.grad(lambda p: loss(plain, p)))(params)
+    for i in range(CFG.num_layers):
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6),
+                   g_scan["layers"]["block"], g_plain[f"layer_{i}"])
+    np.testing.assert_allclose(g_scan["embedding"], g_plain["embedding"], rtol=1e-4, atol=1e-6)
+    with self.assertRaisesRegex(NotImplementedError, "scan_layers"):
+      scanned.apply({"params": stacked}, tokens, cache=tr.init_cache(scan_cfg, 2, 8),
+                    starts=jnp.zeros(2, jnp.int32))
+
+  @parameterized.product(scan=(False, True), remat=("none", "full"))
+  def test_traced_matmul_flops_match_the_closed_form(self, scan, remat):
+    b, t = 2, 8
+    cfg = tr.TransformerConfig(**{**CFG.__dict__, "scan_layers": scan, "remat": remat})
+    model = tr.TransformerLM(cfg)
+    tokens = jnp.zeros((b, t), jnp.int32)
+    batch = {"inputs": tokens, "targets": tokens, "weights": jnp.ones_like(tokens)}
+    params = unbox(model.init(jax.random.key(0), tokens)["params"])
+    grad = jax.make_jaxpr(jax.grad(
+        lambda p: model.apply({"params": p}, batch, method="loss")["loss"]))(params)
+    n = tr.count_params(cfg)["non_embedding"] - (2 * cfg.num_layers + 1) * cfg.d_model  # norms
+    attn = 4 * t * cfg.num_heads * cfg.head_dim * cfg.num_layers   # QK^T + AV, unmasked
+    head = 2 * cfg.d_model * cfg.vocab_size
+    forward = 2 * n + attn + head
+    # The backward costs twice the forward; "full" remat recomputes each block
+    # except its last matmul (w_down), whose output the backward does not need.
+    recompute = 2 * n + attn - 2 * cfg.d_model * cfg.d_ff * cfg.num_layers
+    want = b * t * (3 * forward + (recompute if remat == "full" else 0))
+    self.assertEqual(flops_lib.jaxpr_matmul_flops(grad), want)
 
   def test_bool_remat_is_read_as_a_policy(self):
     self.assertEqual(tr.TransformerConfig(remat=True).remat, "full")

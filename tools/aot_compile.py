@@ -45,6 +45,11 @@ steps_per_call); x devices it is compared
 with the model's count, 6 N_non-embedding + causal attention + LM head per
 token (`models.transformer.flops_per_token`) x tokens per step. Remat adds a
 recomputed forward (~ +1/3 for "full").
+With `model.scan_layers` the layer stack is a loop too, and XLA's count sees
+one layer: the report then also gives the traced step's matmul FLOPs
+(`framework.flops.jaxpr_matmul_flops`: every dot_general, scan bodies x their
+length, attention unmasked, remat recompute included), which the step-time
+bound uses when it is the larger.
 
 Collectives are read from the compiled HLO text (`collectives`): kind, count
 and bytes per device (the larger of an op's operands and result), each op
@@ -232,6 +237,23 @@ _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _CALLED = re.compile(r"\b(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
 _CALLED_LIST = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)')
+_CONDITION = re.compile(r"\bcondition=%?([\w.\-]+)")
+_CONST = re.compile(r"^\s*%([\w.\-]+) = s32\[\]\S* constant\((\d+)\)")
+_LT_ROOT = re.compile(r"ROOT .*compare\(%[\w.\-]+, %([\w.\-]+)\), direction=LT")
+
+
+def _trip_from_condition(lines: Sequence[str]) -> int:
+  """N for a loop condition `ROOT compare(counter, constant(N)), direction=LT`.
+
+  The shape JAX lowers scans and fori_loops to (counter from 0, step 1);
+  anything else counts once.
+  """
+  consts = {m.group(1): int(m.group(2)) for m in map(_CONST.match, lines) if m}
+  for line in lines:
+    m = _LT_ROOT.search(line)
+    if m and m.group(1) in consts:
+      return consts[m.group(1)]
+  return 1
 
 
 def _array_bytes(shape_text: str) -> list[float]:
@@ -288,8 +310,12 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
     for line in lines:
       trip = _TRIP.search(line)
       is_while = " while(" in line
+      count = int(trip.group(1)) if (is_while and trip) else 1
+      if is_while and not trip:   # the TPU compiler's HLO often drops known_trip_count
+        cond = _CONDITION.search(line)
+        count = _trip_from_condition(comps.get(cond.group(1), [])) if cond else 1
       for callee in _CALLED.findall(line):
-        out.append((callee, int(trip.group(1)) if (is_while and trip) else 1))
+        out.append((callee, count))
       for group in _CALLED_LIST.findall(line):
         out += [(c.strip().lstrip("%"), 1) for c in group.split(",") if c.strip()]
     edges[name] = out
@@ -397,6 +423,9 @@ class Report:
   mfu_upper_bound: float
   param_bytes_per_device: float     # from the state shardings
   note: str = ""                    # why there are no compiled figures (compiler OOM)
+  # Matmul FLOPs of the traced step (all devices), scan bodies x their length:
+  # XLA's count above sees a scanned layer stack's body once.
+  traced_flops_per_step: float = float("nan")
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -470,8 +499,10 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any],
       mfu_upper_bound=float("nan"),
       param_bytes_per_device=_shard_bytes(abstract.params, shardings.params))
   start = time.perf_counter()
+  traced = step.trace(abstract, batch)
+  report.traced_flops_per_step = flops_lib.jaxpr_matmul_flops(traced.jaxpr)
   try:
-    compiled = step.lower(abstract, batch).compile()
+    compiled = traced.lower().compile()
   except jax.errors.JaxRuntimeError as err:
     oom = parse_oom(str(err))
     if oom is None:
@@ -506,7 +537,10 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any],
   peak = flops_lib.table_peak(devices[0].device_kind) or 0.0
   colls = collectives(compiled.as_text())
   coll_bytes = sum(v["bytes"] for v in colls.values())
-  terms = {"compute": flops_dev / peak if peak else 0.0}
+  # With scanned layers XLA's figure misses L - 1 bodies; the traced matmul
+  # count (a lower bound on the program's FLOPs) is then the larger one.
+  compute_flops = max(flops_dev, report.traced_flops_per_step / n_dev)
+  terms = {"compute": compute_flops / peak if peak else 0.0}
   if xla_seconds > 0:   # it overflows to negative on big loop bodies: left out then
     terms["xla_cost_model"] = xla_seconds
   if chip and chip.ici_bytes_per_s:
@@ -746,6 +780,9 @@ def format_report(r: Report) -> str:
       f"FLOPs per step: compiled {r.flops_per_device * r.devices:.4g} "
       f"({r.flops_per_device:.4g} per device) vs model 6N*tokens + attention + head "
       f"{r.model_flops_per_step:.4g} (ratio {r.flops_per_device * r.devices / max(r.model_flops_per_step, 1):.3f})",
+      f"traced matmul FLOPs per step {r.traced_flops_per_step:.4g} (ratio "
+      f"{r.traced_flops_per_step / max(r.model_flops_per_step, 1):.3f}; scan bodies x length, "
+      f"unmasked attention, remat recompute included)",
       "collectives per device per step (kind: count, bytes):",
   ]
   for kind, v in r.collectives.items():

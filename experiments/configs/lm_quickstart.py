@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
       rope_theta=10_000.0, tie_embeddings=True,
       dtype="float32",       # compute dtype: float32 | bfloat16 (params stay float32)
       remat="none",          # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+      scan_layers=False,     # True: one block body under nn.scan (compile time flat in depth)
   ))
 
   c.data = ml_collections.ConfigDict(dict(
