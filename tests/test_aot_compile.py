@@ -16,6 +16,7 @@ micro-batches that fit.
 from __future__ import annotations
 
 import functools
+import math
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -134,6 +135,12 @@ class WithoutCompilerTest(parameterized.TestCase):
     need, have, _ = aot_compile.parse_oom("RESOURCE_EXHAUSTED: Ran out of memory in memory "
                                           "space hbm. Used 20.5G of 15.75G hbm.")
     self.assertAlmostEqual(need / gib, 20.5)
+    need, _, text = aot_compile.parse_oom(
+        "RESOURCE_EXHAUSTED: E1001: CompileTimeScopedVmemOom: Ran out of memory in memory "
+        "space vmem while allocating on stack for %fusion.781. Scoped allocation with size "
+        "16.25M and limit 16.00M exceeded scoped vmem limit by 256.0K.")
+    self.assertTrue(math.isnan(need))
+    self.assertIn("ran out of vmem", text)
     self.assertIsNone(aot_compile.parse_oom("INVALID_ARGUMENT: something else"))
 
   def test_analytic_state_memory(self):

@@ -582,6 +582,10 @@ def parse_oom(message: str) -> Optional[tuple[float, float, str]]:
     return (_bytes(m.group(1), m.group(2)), _bytes(m.group(3), m.group(4)),
             f"used {m.group(1)}{m.group(2) or ''} of {m.group(3)}{m.group(4) or ''} "
             f"{m.group(5)}")
+  m = re.search(r"Ran out of memory in memory space (\w+)", text)
+  if m:   # e.g. vmem: one fusion's on-chip scratch, no HBM figure
+    return (float("nan"), float("nan"),
+            f"ran out of {m.group(1)} (one fusion's on-chip scratch, not HBM)")
   return None
 
 

@@ -74,11 +74,14 @@ def render(results: list[dict]) -> str:
       "Made by `python -m experiments.aot.aot_table` (libtpu "
       f"{_libtpu_version()}, compiled on a 2-core CPU host, no TPU). Per cell: the "
       "fewest micro-batches whose compiled train step fits the HBM (remat `full`, AdamW, "
-      "fp32 master weights and moments, bf16 compute). v5e-N counts chips; v4-N and "
+      "fp32 master weights and moments, bf16 compute, layers scanned). v5e-N counts chips; v4-N and "
       "v5p-N count TensorCores (two per chip): v5p-64 = 32 chips (2x4x4), v5p-128 = 64 "
       "chips (4x4x4). Memory in GiB per chip; compiled = argument + output - alias + "
       "temp; analytic = params + optimizer + gradients + activations + batch. FLOPs "
-      "ratio = compiled FLOPs per step / (6 N tokens + attention + LM head). Step >= and "
+      "ratios over the model count (6 N tokens + attention + LM head): `XLA` = "
+      "cost_analysis() (a scanned layer stack's body counted once, so about 1/L of the "
+      "step with `model.scan_layers`), `traced` = the traced step's matmul FLOPs (scan "
+      "bodies x length, unmasked attention, remat recompute). Step >= and "
       "MFU <= from max(FLOPs / peak, XLA cost model, collective bytes / ICI). "
       "`depths compiled`: `all` is the whole model; `2, 4` means the step was compiled "
       "with 2 and 4 layers and every compiled figure extrapolated linearly in the depth "
@@ -86,8 +89,9 @@ def render(results: list[dict]) -> str:
       "no fit).",
       "",
       "| model | slice | mesh | micro-batches | fits | compiled GiB | analytic GiB | HBM GiB "
-      "| FLOPs ratio | collectives GiB | step >= ms | MFU <= | compile s | depths compiled |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+      "| FLOPs ratio XLA | traced | collectives GiB | step >= ms | MFU <= | compile s "
+      "| depths compiled |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   best: dict[tuple[str, str], dict] = {}
   for key, runs in cells.items():
@@ -99,13 +103,14 @@ def render(results: list[dict]) -> str:
         f"mb {r['num_microbatches']}: {_g(r['memory'].get('total', 0))}" for r in runs) + ")"
     coll = sum(v["bytes"] for v in pick.get("collectives", {}).values())
     ratio = pick["flops_per_device"] * pick["devices"] / pick["model_flops_per_step"]
+    traced = pick.get("traced_flops_per_step", float("nan")) / pick["model_flops_per_step"]
     compiled = pick["memory"].get("output")
     lines.append(
         f"| {model} | {topo} | {mesh} | {pick['num_microbatches']} | "
         f"{'yes' if pick['fits'] else 'no'}{note} | "
         f"{_g(pick['memory']['total']) if compiled else '>= ' + _g(pick['memory']['total'])} | "
         f"{_g(pick['analytic']['total'])} | {_g(pick['hbm_bytes'])} | "
-        f"{ratio:.3f} | {_g(coll)} | "
+        f"{ratio:.3f} | {traced:.3f} | {_g(coll)} | "
         f"{pick['step_time_lb_s'] * 1e3:.0f} | {pick['mfu_upper_bound']:.1%} | "
         f"{sum(r['compile_s'] for r in runs):.0f} | {_depths(pick)} |".replace("nan", "-"))
     if pick["fits"]:

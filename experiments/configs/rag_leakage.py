@@ -11,7 +11,9 @@ verbatim reconstruction.
       --workdir=/tmp/rag_tiny
 
 Variants: `default` (three byte-level LM sizes plus a control; several minutes
-per model on a 2-core CPU), `tiny` (a smoke test: a few training steps on
+per model on a 2-core CPU), `long` (S, L and the L control trained 4x longer on a
+mix that adds `copy_random`: copying random strings, which only attending to the
+context predicts), `tiny` (a smoke test: a few training steps on
 small data; numbers are not findings). `hf_dirs` adds Hugging Face
 Llama-family checkpoint directories to the models evaluated (not trained).
 Needs the `studies` extra (bm25s, rouge-score, sacrebleu).
@@ -33,9 +35,10 @@ TINY_SIZES = {
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r}: default or tiny")
+  if variant not in ("default", "long", "tiny"):
+    raise ValueError(f"unknown variant {variant!r}: default, long or tiny")
   tiny = variant == "tiny"
+  long = variant == "long"
   c = ml_collections.ConfigDict()
   c.runner = "experiments.rag_leakage.rag_runner"
   c.variant = variant
@@ -50,25 +53,28 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       seed=0,
   ))
   c.data = ml_collections.ConfigDict(dict(
-      train_people=80 if tiny else 6000,  # one-off synthetic people of the training data
-      num_instructions=80 if tiny else 4000,
+      train_people=80 if tiny else (16000 if long else 6000),  # one-off synthetic people
+      num_instructions=80 if tiny else (16000 if long else 4000),
       plain_fraction=0.25,               # plain documents in the instruction models' mix
-      mix=dict(qa=0.35, copy=0.45, refuse=0.15, refuse_qa=0.05),
+      mix=(dict(qa=0.3, copy=0.3, copy_random=0.25, refuse=0.1, refuse_qa=0.05) if long
+           else dict(qa=0.35, copy=0.45, refuse=0.15, refuse_qa=0.05)),
       validation_fraction=0.05,
       seed=1,
   ))
 
   # Models: "<size>:inst" trains on the instruction mix, "<size>:plain" on plain
   # documents only (the non-instruction-tuned control); sizes from `sizes`.
-  c.models = ["S:inst", "L:plain"] if tiny else ["S:inst", "M:inst", "L:inst", "L:plain"]
+  c.models = (["S:inst", "L:plain"] if tiny else ["S:inst", "L:inst", "L:plain"] if long
+              else ["S:inst", "M:inst", "L:inst", "L:plain"])
   c.sizes = ml_collections.ConfigDict(TINY_SIZES if tiny else SIZES)
   lm = lm_quickstart.get_config()
   lm.data.update(dict(seq_len=128 if tiny else 384, global_batch_size=8, eval_batches=2))
   lm.schedule.update(dict(peak_lr=5e-3, warmup_steps=2 if tiny else 30))
-  lm.trainer.update(dict(total_steps=4 if tiny else 600, log_every=2 if tiny else 50,
-                         eval_every=4 if tiny else 600, steps_per_call=1 if tiny else 10,
+  steps = 4 if tiny else (2400 if long else 600)
+  lm.trainer.update(dict(total_steps=steps, log_every=2 if tiny else 50,
+                         eval_every=steps, steps_per_call=1 if tiny else 10,
                          print_progress=False, progress_every_s=1e9))
-  lm.checkpoint.update(dict(every=4 if tiny else 600, keep=1, async_save=False))
+  lm.checkpoint.update(dict(every=steps, keep=1, async_save=False))
   c.lm = lm
   c.hf_dirs = []           # Hugging Face checkpoint directories evaluated as extra models
   c.hf_vocab = "byte"      # their vocabulary when a directory has no tokenizer.json
