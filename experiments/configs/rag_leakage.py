@@ -57,7 +57,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       num_instructions=80 if tiny else (16000 if long else 4000),
       plain_fraction=0.25,               # plain documents in the instruction models' mix
       mix=(dict(qa=0.3, copy=0.3, copy_random=0.25, refuse=0.1, refuse_qa=0.05) if long
-           else dict(qa=0.35, copy=0.45, refuse=0.15, refuse_qa=0.05)),
+           else dict(qa=0.35, copy=0.45, copy_random=0.0, refuse=0.15, refuse_qa=0.05)),
       validation_fraction=0.05,
       seed=1,
   ))
