@@ -57,7 +57,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   lm.schedule.update(dict(peak_lr=2e-2, warmup_steps=2 if tiny else 20))
   lm.trainer.update(dict(total_steps=6 if tiny else 1400, log_every=2 if tiny else 50,
                          eval_every=6 if tiny else 1400, steps_per_call=1 if tiny else 10,
-                         print_progress=False, progress_every_s=1e9))
+                         print_progress=False, progress_every_s=1e9 if tiny else 60.0))
   # Every checkpoint is kept: the study picks one by its pass@1 (task.target_pass1).
   lm.checkpoint.update(dict(every=3 if tiny else 100, keep=100, async_save=False))
   c.lm = lm

@@ -73,7 +73,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   steps = 4 if tiny else (2400 if long else 600)
   lm.trainer.update(dict(total_steps=steps, log_every=2 if tiny else 50,
                          eval_every=steps, steps_per_call=1 if tiny else 10,
-                         print_progress=False, progress_every_s=1e9))
+                         print_progress=False, progress_every_s=1e9 if tiny else 60.0))
   lm.checkpoint.update(dict(every=steps, keep=1, async_save=False))
   c.lm = lm
   c.hf_dirs = []           # Hugging Face checkpoint directories evaluated as extra models
