@@ -39,6 +39,8 @@ NAN_POLICIES = ("skip", "stop")
 
 def _split_microbatches(batch: dict[str, jax.Array], num: int) -> dict[str, jax.Array]:
   def split(x):
+    if x.ndim == 0:   # a per-step scalar (e.g. batch["step"]): every micro-batch sees it
+      return jnp.broadcast_to(x, (num,))
     if x.shape[0] % num:
       raise ValueError(f"batch size {x.shape[0]} is not divisible by "
                        f"num_microbatches={num}")

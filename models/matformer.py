@@ -12,8 +12,7 @@ model M_g. Training (`MatFormerConfig.mode`):
   sampled:  one i ~ p per step (`sample_probs`, default uniform), L = L(M_i);
             i is drawn from fold_in(PRNGKey(sample_seed), step), so the model
             sets `uses_step` and the train step passes batch["step"]
-            (one micro-batch per step: the micro-batch split would split
-            the scalar step too).
+            (every micro-batch of a step sees the same step, so the same i).
 
 Mix'n'Match: a per-layer choice (m_(1), ..., m_(L)) of widths gives models
 between the trained ones; `MatFormerLM(cfg, granularity=...)` runs any of them

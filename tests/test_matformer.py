@@ -307,6 +307,29 @@ class SampledTrainStepTest(absltest.TestCase):
       per_gran = jax.jit(model.loss)(state.params, batch)
     self.assertEqual(int(state.step), 3)
 
+  def test_micro_batches_see_the_step_and_match_one_big_batch(self):
+    import optax  # pylint: disable=g-import-not-at-top
+    from framework import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
+    from framework import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, mode="sampled", granularities=(16, 64)))
+    model = mf.build(cfg)
+    _, batch = _init(cfg)
+    mesh = mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])
+    tx = optax.sgd(0.1)
+    out = []
+    for mb in (1, 2):
+      state, _ = train_state_lib.create_sharded_state(model, tx, batch, mesh,
+                                                      sharding_lib.DEFAULT_RULES)
+      step = jax.jit(train_step_lib.make_train_step(model, tx, num_microbatches=mb))
+      widths = []
+      for _ in range(3):
+        state, metrics = step(state, batch)
+        widths.append(float(metrics["ffn_width"]))
+      out.append((widths, state.params))
+    self.assertEqual(out[0][0], out[1][0])   # the same granularity drawn at each step
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 out[0][1], out[1][1])
+
 
 def _forward_flops(cfg, granularity, tokens):
   params, _ = _init(cfg)

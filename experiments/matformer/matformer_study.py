@@ -59,9 +59,6 @@ def validate(config: ml_collections.ConfigDict) -> mf.MatFormerConfig:
       f"{config.lm.model.name!r} must be 'matformer'")
   lm.validate(config.lm)
   cfg = registry.make_config(config.lm.model)
-  # The train step's micro-batch split would split batch["step"] too.
-  req(cfg.mode != "sampled" or int(config.lm.trainer.num_microbatches) == 1,
-      "lm.trainer.num_microbatches", "must be 1 with model.mode='sampled'")
   s = config.study
   req(int(s.eval_batches) >= 1, "study.eval_batches", "must be >= 1")
   req(int(s.spec_prompts) >= 1 and int(s.spec_prompt_len) >= 1, "study.spec_prompts",
