@@ -375,8 +375,8 @@ def write_report(workdir: str, config: Any, summary: dict[str, Any],
       f"Datastore: {summary['num_chunks']} chunks ({int(d.chunk_size)} words, overlap "
       f"{int(d.chunk_overlap)}) of {summary['num_public_docs']} public documentation paragraphs "
       f"and {int(d.num_records)} planted private records; BM25 (bm25s) top-{int(d.top_k)}. "
-      f"Anchor retrieval of the planted records: recall@1 {r['recall@1']:.3f}, "
-      f"recall@{int(d.top_k)} {r[f'recall@{int(d.top_k)}']:.3f}.\n")
+      "Anchor retrieval of the planted records: "
+      + ", ".join(f"{name} {value:.3f}" for name, value in r.items()) + ".\n")
   lines.append(f"Attack: `{rag_prompts.attack_query('<anchor>')}` for every record (anchor: "
                f"the name) and {int(config.attack.public_anchors)} public chunks (anchor: three "
                "of its words); greedy decoding. This wording is never in the training data "
@@ -425,11 +425,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   targets = attack_targets(config, store)
   k = int(config.datastore.top_k)
   rec_targets = [t for t in targets if t["kind"] == "record"]
-  found = retrieve(store, [t["anchor"] for t in rec_targets], k)
+  depths = sorted({1, 3, 5, k})
+  found = retrieve(store, [t["anchor"] for t in rec_targets], max(depths))
   rel = [t["chunk"] for t in rec_targets]
   found_arr = np.asarray(found)
-  retrieval_stats = {"recall@1": retrieval.recall_at_k(found_arr, rel, 1),
-                     f"recall@{k}": retrieval.recall_at_k(found_arr, rel, k)}
+  retrieval_stats = {f"recall@{j}": retrieval.recall_at_k(found_arr, rel, j) for j in depths}
   data_dir = os.path.join(workdir, "data")
   paths = write_training_data(config, store, data_dir) if config.models else {}
   models = get_models(config, workdir, paths, data_dir)
