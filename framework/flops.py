@@ -72,12 +72,10 @@ def peak_flops_per_device(override: float = 0.0) -> tuple[float, str]:
 
 def _dot_general_flops(eqn) -> float:
   """2 x batch x M x N x K for one dot_general (K: the contracted size)."""
-  (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
-  lhs, rhs = (v.aval.shape for v in eqn.invars)
-  out = eqn.outvars[0].aval.shape
+  (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+  lhs = eqn.invars[0].aval.shape
   k = int(np.prod([lhs[d] for d in lhs_contract])) if lhs_contract else 1
-  del rhs, lhs_batch
-  return 2.0 * float(np.prod(out)) * k
+  return 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * k
 
 
 def _sub_jaxprs(eqn):
@@ -93,8 +91,8 @@ def _sub_jaxprs(eqn):
 def jaxpr_matmul_flops(jaxpr) -> float:
   """Matmul FLOPs of a (closed) jaxpr as traced, each scan body x its length.
 
-  Counts dot_general (2 M N K per output batch; convolutions are not
-  counted); a `scan` multiplies its body by `length`, a `cond` takes its most
+  Counts dot_general (2 x output size x contracted size; convolutions are
+  not counted); a `scan` multiplies its body by `length`, a `cond` takes its most
   expensive branch, a `while` with unknown trip count counts its body once.
   Unlike XLA's `cost_analysis()`, which counts a loop body once, this gives a
   scanned-layers program its full count; rematerialised forwards appear in

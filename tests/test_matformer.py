@@ -283,7 +283,8 @@ class ObjectiveTest(parameterized.TestCase):
 
 class SampledTrainStepTest(absltest.TestCase):
 
-  def test_common_train_step_passes_the_step_and_trains_the_drawn_granularity(self):
+  def _sampled_setup(self, num_microbatches=1):
+    """(cfg, model, batch, fresh state, jitted common train step) for sampled mode."""
     import optax  # pylint: disable=g-import-not-at-top
     from framework import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
     from framework import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
@@ -294,7 +295,11 @@ class SampledTrainStepTest(absltest.TestCase):
     tx = optax.sgd(0.1)
     state, _ = train_state_lib.create_sharded_state(model, tx, batch, mesh,
                                                     sharding_lib.DEFAULT_RULES)
-    step = jax.jit(train_step_lib.make_train_step(model, tx))
+    step = jax.jit(train_step_lib.make_train_step(model, tx, num_microbatches=num_microbatches))
+    return cfg, model, batch, state, step
+
+  def test_common_train_step_passes_the_step_and_trains_the_drawn_granularity(self):
+    cfg, model, batch, state, step = self._sampled_setup()
     per_gran = jax.jit(model.loss)(state.params, batch)
     for _ in range(3):
       before = per_gran
@@ -308,19 +313,9 @@ class SampledTrainStepTest(absltest.TestCase):
     self.assertEqual(int(state.step), 3)
 
   def test_micro_batches_see_the_step_and_match_one_big_batch(self):
-    import optax  # pylint: disable=g-import-not-at-top
-    from framework import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
-    from framework import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
-    cfg = mf.MatFormerConfig(**dict(SMALL.__dict__, mode="sampled", granularities=(16, 64)))
-    model = mf.build(cfg)
-    _, batch = _init(cfg)
-    mesh = mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])
-    tx = optax.sgd(0.1)
     out = []
     for mb in (1, 2):
-      state, _ = train_state_lib.create_sharded_state(model, tx, batch, mesh,
-                                                      sharding_lib.DEFAULT_RULES)
-      step = jax.jit(train_step_lib.make_train_step(model, tx, num_microbatches=mb))
+      _, _, batch, state, step = self._sampled_setup(mb)
       widths = []
       for _ in range(3):
         state, metrics = step(state, batch)
