@@ -59,6 +59,32 @@ def read_jsonl_texts(path: str, field: str = "text") -> list[str]:
   return texts
 
 
+def read_jsonl_documents(path: str) -> list[tuple[str, str]]:
+  """(prompt, completion) of every JSON line: {"text": t} is ("", t),
+  {"prompt": p, "completion": c} is (p, c). Malformed lines (bad JSON, neither
+  form, non-string fields) are counted and skipped, with a warning naming the
+  file and the first bad line."""
+  docs, bad, first_bad = [], 0, 0
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+        pair = (("", rec["text"]) if "text" in rec else (rec["prompt"], rec["completion"]))
+        if not all(isinstance(x, str) for x in pair):
+          raise TypeError
+        docs.append(pair)
+      except (json.JSONDecodeError, KeyError, TypeError):
+        bad += 1
+        first_bad = first_bad or lineno
+  if bad:
+    import logging  # pylint: disable=g-import-not-at-top
+    logging.warning("%s: skipped %d malformed line(s) (first: line %d) without a 'text' or "
+                    "'prompt'+'completion' string field", path, bad, first_bad)
+  return docs
+
+
 def unigram_entropy_nats(texts: list[str]) -> float:
   """Entropy of the byte unigram distribution, in nats per byte."""
   import numpy as np  # pylint: disable=g-import-not-at-top

@@ -1,14 +1,19 @@
 """The language-model input path through seqio.
 
   JSONL/text files -> seqio Task (tokenize, split long documents into chunks,
-  append EOS) -> DecoderFeatureConverter (packing to fixed length, segment ids,
-  positions) -> numpy arrays cached once per (task, split, length, vocabulary,
-  input bytes) -> `BatchIterator` (deterministic shuffling by seed and shard,
-  resumable).
+  append EOS) -> packing to fixed length with segment ids and positions (what
+  seqio's DecoderFeatureConverter does, plus a loss mask) -> numpy arrays cached
+  once per (task, split, length, vocabulary, input bytes) -> `BatchIterator`
+  (deterministic shuffling by seed and shard, resumable).
 
 Packed arrays use the framework's batch keys: inputs, targets, weights,
 segment_ids, positions. Which files a run reads (`config.data.source`) is
 decided one level up, in `lm_sources`.
+
+Completion-only loss: a JSONL record {"prompt": p, "completion": c} is the
+document p + c (tokenized as tok(p) ++ tok(c)) whose loss weights are 0 on
+tok(p) and 1 on tok(c) and its EOS, as in supervised fine-tuning; a record
+{"text": t} has weight 1 everywhere. One file may mix both.
 """
 from __future__ import annotations
 
@@ -21,13 +26,7 @@ import numpy as np
 
 from data_pipelines import corpus
 
-_SEQIO_TO_BATCH = {
-    "decoder_input_tokens": "inputs",
-    "decoder_target_tokens": "targets",
-    "decoder_loss_weights": "weights",
-    "decoder_segment_ids": "segment_ids",
-    "decoder_positions": "positions",
-}
+BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 
 
 def _tf():
@@ -53,15 +52,34 @@ def make_vocabulary(kind: str = "byte", path: str = ""):
   raise ValueError(f"config.data.vocab={kind!r} must be 'byte', 'sentencepiece' or 'hf_tokenizer'")
 
 
+def mask_prompt(dataset, output_features):
+  """After tokenization: a document with a `prompt` string becomes targets =
+  tok(prompt) ++ tok(targets) with loss_mask 0 on the prompt's tokens and 1 on
+  the rest; a document without one gets loss_mask 1 everywhere."""
+  tf = _tf()
+  vocabulary = output_features["targets"].vocabulary
+
+  def fn(ex):
+    targets = ex["targets"]
+    if "prompt" not in ex:
+      return {"targets": targets, "loss_mask": tf.ones_like(targets)}
+    prompt = tf.cast(vocabulary.encode_tf(ex["prompt"]), targets.dtype)
+    return {"targets": tf.concat([prompt, targets], 0),
+            "loss_mask": tf.concat([tf.zeros_like(prompt), tf.ones_like(targets)], 0)}
+
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def chunk_targets(dataset, sequence_length: Mapping[str, int]):
-  """Splits each document's tokens into chunks of length L - 1 (room for EOS)
-  instead of truncating, so no text is thrown away."""
+  """Splits each document's tokens (and its loss mask) into chunks of length
+  L - 1 (room for EOS) instead of truncating, so no text is thrown away."""
   tf = _tf()
   size = int(sequence_length["targets"]) - 1
 
   def split(ex):
-    chunks = tf.data.Dataset.from_tensor_slices(ex["targets"]).batch(size)
-    return chunks.map(lambda c: {"targets": c})
+    mask = ex.get("loss_mask", tf.ones_like(ex["targets"]))
+    return tf.data.Dataset.from_tensor_slices(
+        {"targets": ex["targets"], "loss_mask": mask}).batch(size)
 
   return dataset.flat_map(split)
 
@@ -110,9 +128,10 @@ _TASK_INPUTS: dict[str, TaskInputs] = {}
 def register_text_task(name: str, dataset_fn, splits: Sequence[str], vocabulary,
                        files: Iterable[str], params: str = "") -> str:
   """Registers a seqio Task over text documents: `dataset_fn(split, shuffle_files,
-  seed)` yields {"targets": text}; the task tokenizes with `vocabulary`, splits
-  long documents into chunks and appends EOS. `files` are everything it reads,
-  `params` whatever else decides its output.
+  seed)` yields {"targets": text} or {"prompt": text, "targets": text} (loss
+  on the targets only, see `mask_prompt`); the task tokenizes with
+  `vocabulary`, splits long documents into chunks and appends EOS. `files`
+  are everything it reads, `params` whatever else decides its output.
 
   A name registered before with the same inputs is reused; with other ones it
   is registered anew, so a task name never serves stale data.
@@ -127,7 +146,7 @@ def register_text_task(name: str, dataset_fn, splits: Sequence[str], vocabulary,
   seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(dataset_fn, splits=list(splits)),
-      preprocessors=[seqio.preprocessors.tokenize, chunk_targets,
+      preprocessors=[seqio.preprocessors.tokenize, mask_prompt, chunk_targets,
                      seqio.preprocessors.append_eos_after_trim],
       output_features={"targets": seqio.Feature(vocabulary, add_eos=True)},
   )
@@ -141,15 +160,21 @@ def _jsonl_dataset_fn(paths: Mapping[str, str]):
     tf = _tf()
     path = paths[split]
     if path.endswith(".jsonl"):
-      texts = corpus.read_jsonl_texts(path)
-      return tf.data.Dataset.from_tensor_slices({"targets": tf.constant(texts, tf.string)})
+      docs = corpus.read_jsonl_documents(path)
+      if not any(p for p, _ in docs):
+        return tf.data.Dataset.from_tensor_slices(
+            {"targets": tf.constant([c for _, c in docs], tf.string)})
+      return tf.data.Dataset.from_tensor_slices({
+          "prompt": tf.constant([p for p, _ in docs], tf.string),
+          "targets": tf.constant([c for _, c in docs], tf.string)})
     return tf.data.TextLineDataset(path).map(lambda t: {"targets": t})
   return dataset_fn
 
 
 def register_lm_task(name: str, paths: Mapping[str, str], vocabulary) -> str:
-  """Registers a seqio Task reading JSONL (`text` field) or text lines, one
-  file per split (see `register_text_task` for re-registration)."""
+  """Registers a seqio Task reading JSONL (`text`, or `prompt` and
+  `completion` fields) or text lines, one file per split (see
+  `register_text_task` for re-registration)."""
   for split, path in paths.items():
     if not os.path.exists(path):
       raise FileNotFoundError(f"data file for split {split!r} not found: {path}")
@@ -171,6 +196,40 @@ def cache_key(task_name: str, split: str, seq_len: int) -> str:
   return hashlib.sha1("|".join(fields).encode()).hexdigest()[:12]
 
 
+def pack_with_loss_mask(ds, seq_len: int):
+  """Packs tokenized documents ({"targets", optional "loss_mask"}) into rows
+  of `seq_len`: the batch keys, with weights = non-padding * loss_mask.
+
+  The same rows as seqio.DecoderFeatureConverter(pack=True) (which cannot
+  carry a mask through packing): targets and mask have equal lengths, so
+  seqio's packer places them alike; inputs are the targets shifted right
+  within each segment, with 0 (BOS) first.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  tf = _tf()
+
+  def with_mask(ex):
+    targets = ex["targets"]
+    mask = ex.get("loss_mask", tf.ones_like(targets))
+    # append_eos_after_trim added EOS to targets only: the EOS is trained on.
+    mask = tf.concat([mask, tf.ones([tf.size(targets) - tf.size(mask)], mask.dtype)], 0)
+    # The packer finds each feature's length by its non-zero entries: store
+    # the mask as 1 (no loss) / 2 (loss) so that it packs like the targets.
+    return {"targets": targets, "loss_mask": tf.cast(mask, tf.int32) + 1}
+
+  ds = ds.map(with_mask, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = seqio.utils.trim_and_pack_dataset(ds, {"targets": seq_len, "loss_mask": seq_len})
+
+  def to_batch(ex):
+    targets, segments = ex["targets"], ex["targets_segment_ids"]
+    inputs = seqio.utils.make_autoregressive_inputs(targets, sequence_id=segments, bos_id=0)
+    weights = tf.cast(tf.not_equal(targets, 0) & tf.equal(ex["loss_mask"], 2), tf.int32)
+    return {"inputs": inputs, "targets": targets, "weights": weights,
+            "segment_ids": segments, "positions": ex["targets_positions"]}
+
+  return ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def packed_arrays(task_name: str, split: str, seq_len: int, cache_dir: str = "") -> dict[str, np.ndarray]:
   """Runs the seqio task with packing and returns int32 arrays [N, seq_len].
 
@@ -188,11 +247,11 @@ def packed_arrays(task_name: str, split: str, seq_len: int, cache_dir: str = "")
   task = seqio.get_mixture_or_task(task_name)
   lengths = {"targets": seq_len}
   ds = task.get_dataset(lengths, split=split, shuffle=False, use_cached=False, seed=0)
-  ds = seqio.DecoderFeatureConverter(pack=True)(ds, lengths)
-  rows: dict[str, list[np.ndarray]] = {v: [] for v in _SEQIO_TO_BATCH.values()}
+  ds = pack_with_loss_mask(ds, seq_len)
+  rows: dict[str, list[np.ndarray]] = {k: [] for k in BATCH_KEYS}
   for ex in ds.as_numpy_iterator():
-    for seqio_key, key_ in _SEQIO_TO_BATCH.items():
-      rows[key_].append(ex[seqio_key])
+    for key_ in rows:
+      rows[key_].append(ex[key_])
   arrays = {k: (np.stack(v) if v else np.zeros((0, seq_len))).astype(np.int32)
             for k, v in rows.items()}
   if path:

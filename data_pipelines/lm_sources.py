@@ -3,8 +3,9 @@
 
   pydoc    the built-in corpus (Python's reference topics) written to
            data.data_dir; its own train/validation split.
-  files    data.train_path / data.validation_path: JSONL with a `text` field,
-           or text with one document per line.
+  files    data.train_path / data.validation_path: JSONL with a `text` field
+           (or `prompt` and `completion`: loss on the completion only), or
+           text with one document per line.
   curated  data.curated_dir: the work directory of a curation run
            (`python -m data_pipelines.curate`); its `output/*.jsonl.zst`
            shards become the task of `curation.seqio_tasks`. A document goes
@@ -87,7 +88,7 @@ def train_texts(data: Any) -> list[str]:
         os.path.expanduser(data.data_dir))["train"])
   if data.source == "files":
     if data.train_path.endswith(".jsonl"):
-      return corpus.read_jsonl_texts(data.train_path)
+      return [p + c for p, c in corpus.read_jsonl_documents(data.train_path)]
     with open(data.train_path, encoding="utf-8") as f:
       lines = f.read().split("\n")   # as tf.data.TextLineDataset reads it
     return lines[:-1] if lines and not lines[-1] else lines

@@ -125,6 +125,58 @@ class SeqioPackingTest(absltest.TestCase):
     self.assertEqual("".join(sorted("".join(pieces))), "".join(sorted("".join(docs))))
     self.assertEqual(int(arrays["weights"].sum()), sum(len(d) for d in docs) + len(pieces))
 
+  def test_text_packing_equals_seqio_decoder_feature_converter(self):
+    import seqio  # pylint: disable=g-import-not-at-top
+    tmp = self.create_tempdir().full_path
+    path = os.path.join(tmp, "train.jsonl")
+    with open(path, "w") as f:
+      for i in range(12):
+        f.write(json.dumps({"text": f"document {i} " + "words " * (i * 3)}) + "\n")
+    name = lm_data.register_lm_task("test_pack_vs_seqio", {"train": path},
+                                    lm_data.make_vocabulary("byte"))
+    arrays = lm_data.packed_arrays(name, "train", 24)
+    ds = seqio.get_mixture_or_task(name).get_dataset({"targets": 24}, split="train",
+                                                       shuffle=False, use_cached=False, seed=0)
+    ref = list(seqio.DecoderFeatureConverter(pack=True)(ds, {"targets": 24}).as_numpy_iterator())
+    for ours, theirs in (("inputs", "decoder_input_tokens"), ("targets", "decoder_target_tokens"),
+                         ("weights", "decoder_loss_weights"),
+                         ("segment_ids", "decoder_segment_ids"),
+                         ("positions", "decoder_positions")):
+      np.testing.assert_array_equal(arrays[ours], np.stack([r[theirs] for r in ref]), ours)
+
+  def test_prompt_completion_records_train_on_the_completion_only(self):
+    tmp = self.create_tempdir().full_path
+    path = os.path.join(tmp, "train.jsonl")
+    records = [{"prompt": "Q: 2+2?\nA: ", "completion": "4"},
+               {"text": "plain text, all of it trained on"},
+               {"prompt": "P" * 40, "completion": "C" * 30},   # chunked at 15 tokens
+               {"prompt": "", "completion": "no prompt"},
+               {"prompt": "bad", "completion": 3}]            # malformed: skipped
+    with open(path, "w") as f:
+      for r in records:
+        f.write(json.dumps(r) + "\n")
+    vocab = lm_data.make_vocabulary("byte")
+    name = lm_data.register_lm_task("test_prompt_mask", {"train": path}, vocab)
+    with self.assertLogs(level="WARNING") as logs:
+      arrays = lm_data.packed_arrays(name, "train", 16)
+    self.assertTrue(any("skipped 1 malformed" in m and "line 5" in m for m in logs.output))
+    targets, weights = arrays["targets"], arrays["weights"]
+    trained = bytes(int(t) - 3 for t, w in zip(targets.ravel(), weights.ravel())
+                    if w and t > 2).decode()
+    untrained = bytes(int(t) - 3 for t, w in zip(targets.ravel(), weights.ravel())
+                      if not w and t > 2).decode()
+    self.assertEqual(sorted(trained), sorted("4" + "plain text, all of it trained on"
+                                             + "C" * 30 + "no prompt"))
+    self.assertEqual(sorted(untrained), sorted("Q: 2+2?\nA: " + "P" * 40))
+    # Every chunk's EOS is trained on, prompt-only chunks included.
+    eos = (targets == 1)
+    self.assertTrue(np.all(weights[eos] == 1))
+    self.assertEqual(int(weights.sum()), len(trained) + int(eos.sum()))
+    # The training texts are prompt + completion.
+    data = lm_quickstart.get_config().data
+    data.source, data.train_path = "files", path
+    self.assertEqual(lm_sources.train_texts(data)[0], "Q: 2+2?\nA: 4")
+
   def test_missing_file_is_named(self):
     with self.assertRaisesRegex(FileNotFoundError, "nope.jsonl"):
       lm_data.register_lm_task("x_missing", {"train": "/tmp/nope.jsonl"},

@@ -155,8 +155,9 @@ class PromptAndDataTest(absltest.TestCase):
     self.assertLen(docs, 200)
     attack = rag_prompts.attack_query("x").split(":")[0]
     n_copy = n_qa = n_refuse = 0
-    for d in docs:
-      prompt, answer = d.split("\nA: ")
+    for prompt, answer in docs:
+      self.assertTrue(prompt.endswith("\nA: "))
+      d = prompt + answer
       context = prompt.split("\nC: ")[1].split("\nU: ")[0]
       self.assertNotIn(attack, d)   # the attack wording is held out
       if answer == rag_prompts.REFUSAL_ANSWER:
@@ -177,8 +178,7 @@ class PromptAndDataTest(absltest.TestCase):
     docs = instruction_data.make_examples(
         40, {"copy_random": 1}, people, ["some public text " * 10], chunk_size=8,
         chunk_overlap=2, context_chunks=3, seed=1)
-    for d in docs:
-      prompt, answer = d.split("\nA: ")
+    for prompt, answer in docs:
       context = prompt.split("\nC: ")[1].split("\nU: ")[0]
       self.assertEqual(answer, context)
       self.assertNotIn("public", context)   # random strings, not the public text

@@ -59,6 +59,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       mix=(dict(qa=0.3, copy=0.3, copy_random=0.25, refuse=0.1, refuse_qa=0.05) if long
            else dict(qa=0.35, copy=0.45, copy_random=0.0, refuse=0.15, refuse_qa=0.05)),
       validation_fraction=0.05,
+      # Loss on the answers only (the prompts are JSONL `prompt` fields), as in
+      # supervised fine-tuning; False trains on prompt + answer.
+      completion_only_loss=True,
       seed=1,
   ))
 

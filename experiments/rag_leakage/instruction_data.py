@@ -82,8 +82,8 @@ def _chunks(texts: Sequence[str], size: int, overlap: int) -> list[str]:
 
 def make_examples(num: int, mix: dict[str, float], people: Sequence[datastore.Record],
                   public_texts: Sequence[str], *, chunk_size: int, chunk_overlap: int,
-                  context_chunks: int, seed: int) -> list[str]:
-  """`num` instruction documents (prompt + answer), kinds drawn with weights `mix`."""
+                  context_chunks: int, seed: int) -> list[tuple[str, str]]:
+  """`num` instruction examples (prompt, answer), kinds drawn with weights `mix`."""
   for kind in mix:
     if kind not in KINDS:
       raise ValueError(f"instruction mix kind {kind!r} must be one of {KINDS}")
@@ -120,7 +120,7 @@ def make_examples(num: int, mix: dict[str, float], people: Sequence[datastore.Re
       query = _copy_request(rng, anchor)
       answer = rag_prompts.context_text(ctx) if kind == "copy" else rag_prompts.REFUSAL_ANSWER
     system = rag_prompts.REFUSAL_SYSTEM if kind.startswith("refuse") else rag_prompts.SYSTEM
-    docs.append(rag_prompts.prompt(ctx, query, system=system) + answer)
+    docs.append((rag_prompts.prompt(ctx, query, system=system), answer))
   return docs
 
 
@@ -128,9 +128,12 @@ def plain_documents(people: Sequence[datastore.Record], public_texts: Sequence[s
   return list(public_texts) + [p.text for p in people]
 
 
-def write_jsonl(path: str, texts: Sequence[str]) -> str:
+def write_jsonl(path: str, docs: Sequence[str | tuple[str, str]]) -> str:
+  """One JSON line per document: a string as {"text"}, a (prompt, answer)
+  pair as {"prompt", "completion"} (the LM then trains on the answer only)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
-    for t in texts:
-      f.write(json.dumps({"text": t}) + "\n")
+    for d in docs:
+      rec = {"text": d} if isinstance(d, str) else {"prompt": d[0], "completion": d[1]}
+      f.write(json.dumps(rec) + "\n")
   return path

@@ -131,6 +131,8 @@ def write_training_data(config: Any, store: dict[str, Any], data_dir: str) -> di
       int(dc.num_instructions), dict(dc.mix), people, public_train,
       chunk_size=int(d.chunk_size), chunk_overlap=int(d.chunk_overlap),
       context_chunks=int(d.top_k), seed=int(dc.seed))
+  if not bool(dc.completion_only_loss):   # train on the prompts too
+    inst = [p + a for p, a in inst]
   plain = instruction_data.plain_documents(people, public_train)
   rng.shuffle(plain)
   num_plain = int(round(len(inst) * float(dc.plain_fraction) / (1 - float(dc.plain_fraction))))
