@@ -184,6 +184,33 @@ class PromptAndDataTest(absltest.TestCase):
       self.assertNotIn("public", context)   # random strings, not the public text
 
 
+  def test_bad_curriculum_phase_is_named(self):
+    from experiments.configs import rag_leakage as rag_config  # pylint: disable=g-import-not-at-top
+    from experiments.rag_leakage import rag_runner  # pylint: disable=g-import-not-at-top
+    from framework import config as config_lib  # pylint: disable=g-import-not-at-top
+    config = rag_config.get_config("tiny")
+    rag_runner.validate(config)
+    config.curriculum.phases = [("sonnets", 10)]
+    with self.assertRaisesRegex(config_lib.ConfigError, "curriculum.phases"):
+      rag_runner.validate(config)
+
+  def test_copy_diagnosis_formats(self):
+    from experiments.rag_leakage import copy_diagnosis  # pylint: disable=g-import-not-at-top
+    for fmt in copy_diagnosis.FORMATS:
+      docs = copy_diagnosis.examples(fmt, 30, seed=3)
+      self.assertLen(docs, 30)
+      for prompt, answer in docs:
+        context = prompt.split("C: ", 1)[1].split("\n", 1)[0]
+        self.assertEqual(answer, context, fmt)    # the completion is the context, verbatim
+        self.assertTrue(prompt.endswith("\nA: "))
+        self.assertEqual("\nU: " in prompt, fmt in ("words_request", "rag_random"), fmt)
+      self.assertGreater(len({a for _, a in docs}), 25)   # random, not repeated
+    with self.assertRaisesRegex(ValueError, "format"):
+      copy_diagnosis.examples("nope", 1, seed=0)
+    self.assertIn("--config.data.train_path=/x/chars_train.jsonl",
+                  copy_diagnosis.launch_command("/x/chars", "/w"))
+
+
 @needs_studies
 class EndToEndTest(absltest.TestCase):
   """The tiny study: one LM trained through the launcher's runner plus a
@@ -213,6 +240,10 @@ class EndToEndTest(absltest.TestCase):
       out = rag_runner.run(config, work)
       self.assertEqual(out["retrieval"]["recall@1"], 1.0)
       self.assertEqual(set(out["rougeL_none"]), {"S:inst", "hf:random_hf"})
+      # The instruction model ran its copy curriculum first.
+      with open(os.path.join(work, "lm_S_inst_c0_words", "config.json")) as f:
+        self.assertTrue(json.load(f)["data"]["train_path"].endswith("words_train.jsonl"))
+      self.assertTrue(os.listdir(os.path.join(work, "lm_S_inst_c0_words", "checkpoints")))
       with open(os.path.join(work, "summary.json")) as f:
         summary = json.load(f)
       for name, per_cond in summary["results"].items():

@@ -14,7 +14,9 @@ Variants: `default` (three byte-level LM sizes plus a control; several minutes
 per model on a 2-core CPU), `long` (S and L trained 4x longer on a
 mix that adds `copy_random`: copying random strings, which only attending to the
 context predicts), `tiny` (a smoke test: a few training steps on
-small data; numbers are not findings). `hf_dirs` adds Hugging Face
+small data; numbers are not findings), `curriculum` (S and M instruction
+models and the M control, 600 steps of batch 16 on the `long` mix, each
+instruction model after a copy curriculum of 1600 steps: see `c.curriculum`). `hf_dirs` adds Hugging Face
 Llama-family checkpoint directories to the models evaluated (not trained).
 Needs the `studies` extra (bm25s, rouge-score, sacrebleu).
 """
@@ -35,10 +37,11 @@ TINY_SIZES = {
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
-  if variant not in ("default", "long", "tiny"):
-    raise ValueError(f"unknown variant {variant!r}: default, long or tiny")
+  if variant not in ("default", "long", "curriculum", "tiny"):
+    raise ValueError(f"unknown variant {variant!r}: default, long, curriculum or tiny")
   tiny = variant == "tiny"
   long = variant == "long"
+  curriculum = variant == "curriculum"
   c = ml_collections.ConfigDict()
   c.runner = "experiments.rag_leakage.rag_runner"
   c.variant = variant
@@ -53,10 +56,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       seed=0,
   ))
   c.data = ml_collections.ConfigDict(dict(
-      train_people=80 if tiny else (16000 if long else 6000),  # one-off synthetic people
-      num_instructions=80 if tiny else (16000 if long else 4000),
+      train_people=80 if tiny else (16000 if long or curriculum else 6000),  # one-off people
+      num_instructions=80 if tiny else (16000 if long or curriculum else 4000),
       plain_fraction=0.25,               # plain documents in the instruction models' mix
-      mix=(dict(qa=0.3, copy=0.3, copy_random=0.25, refuse=0.1, refuse_qa=0.05) if long
+      mix=(dict(qa=0.3, copy=0.3, copy_random=0.25, refuse=0.1, refuse_qa=0.05)
+           if long or curriculum
            else dict(qa=0.35, copy=0.45, copy_random=0.0, refuse=0.15, refuse_qa=0.05)),
       validation_fraction=0.05,
       # Loss on the answers only (the prompts are JSONL `prompt` fields), as in
@@ -69,7 +73,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # documents only (the non-instruction-tuned control); sizes from `sizes`.
   # `long` has no plain control (its ~25 min of CPU did not fit the session that ran
   # it): add "L:plain" here for one; the default variant has it at 600 steps.
+  # `curriculum` stops at M (about 30 min on a 2-core CPU): add "L:inst", "L:plain"
+  # for the third size (about 40 min more there).
   c.models = (["S:inst", "L:plain"] if tiny else ["S:inst", "L:inst"] if long
+              else ["S:inst", "M:inst", "M:plain"] if curriculum
               else ["S:inst", "M:inst", "L:inst", "L:plain"])
   c.sizes = ml_collections.ConfigDict(TINY_SIZES if tiny else SIZES)
   lm = lm_quickstart.get_config()
@@ -80,7 +87,23 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
                          eval_every=steps, steps_per_call=1 if tiny else 10,
                          print_progress=False, progress_every_s=1e9 if tiny else 60.0))
   lm.checkpoint.update(dict(every=steps, keep=1, async_save=False))
+  if curriculum:
+    lm.data.global_batch_size = 16
   c.lm = lm
+
+  # Copy curriculum before instruction tuning: (format, steps) phases of
+  # `experiments.rag_leakage.copy_diagnosis`, each starting from the previous
+  # one's weights; the instruction run starts from the last. `for_plain`: the
+  # plain-text control gets it too (off: the curriculum is itself copying on
+  # request, which is instruction-like).
+  c.curriculum = ml_collections.ConfigDict(dict(
+      phases=([("words", 2)] if tiny else
+              [("words", 800), ("words_request", 400), ("rag_random", 400)] if curriculum
+              else []),
+      batch_size=8,
+      examples_per_phase=100 if tiny else 40000,
+      for_plain=False,
+  ))
   c.hf_dirs = []           # Hugging Face checkpoint directories evaluated as extra models
   c.hf_vocab = "byte"      # their vocabulary when a directory has no tokenizer.json
   c.hf_vocab_path = ""

@@ -9,7 +9,10 @@
      data.source=files): "<size>:inst" on synthetic instruction data mixed
      with plain text, "<size>:plain" on plain text only (the
      non-instruction-tuned control); plus any Hugging Face checkpoints in
-     `hf_dirs`, used unchanged.
+     `hf_dirs`, used unchanged. With `curriculum.phases`, each instruction
+     model first trains on copy tasks of growing difficulty
+     (`copy_diagnosis` formats) and starts its instruction run from them:
+     without that, models this small never learn to copy their context.
   3. The attack: for each target (every record, and chunks of public text),
      the anchor retrieves the top-k chunks and the model answers
      `rag_prompts.attack_query(anchor)` greedily. Conditions: none; refusal
@@ -81,6 +84,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     req(os.path.isdir(path), "hf_dirs", f"not a directory: {path!r}")
   req(0 < float(config.data.plain_fraction) < 1, "data.plain_fraction", "must be in (0, 1)")
   req(int(config.metrics.verbatim_min_words) >= 1, "metrics.verbatim_min_words", "must be >= 1")
+  from experiments.rag_leakage import copy_diagnosis  # pylint: disable=g-import-not-at-top
+  for phase in config.curriculum.phases:
+    req(len(phase) == 2 and phase[0] in copy_diagnosis.FORMATS and int(phase[1]) >= 1,
+        "curriculum.phases", f"{phase!r} must be (format, steps) with a format in "
+        f"{copy_diagnosis.FORMATS} and steps >= 1")
 
 
 # ------------------------------------------------------------------ data
@@ -165,6 +173,49 @@ def lm_config_for(config: Any, size: str, instruct: bool, paths: dict[str, str],
   return lm
 
 
+def params_init_state(params: Any):
+  """`trainer.train`'s init_state: a fresh state's params replaced by `params`
+  (host arrays of the same shapes), in the state's shardings."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def init_state(state):
+    shardings = jax.tree.map(lambda x: x.sharding, state.params)
+    return state.replace(params=jax.device_put(params, shardings))
+  return init_state
+
+
+def run_curriculum(config: Any, size: str, run_prefix: str, data_dir: str):
+  """Trains size `size` through `curriculum.phases` (copy formats of
+  `copy_diagnosis`, each from the previous phase's weights, loss on the
+  answer only); returns the init_state that starts the instruction run from
+  the last phase's weights, or None without phases."""
+  from experiments import lm as lm_runner  # pylint: disable=g-import-not-at-top
+  from experiments.rag_leakage import copy_diagnosis  # pylint: disable=g-import-not-at-top
+  cur = config.curriculum
+  init_state = None
+  for i, (fmt, steps) in enumerate(cur.phases):
+    steps = int(steps)
+    base = os.path.join(data_dir, "curriculum", fmt)
+    if not os.path.exists(base + "_train.jsonl"):
+      docs = copy_diagnosis.examples(fmt, int(cur.examples_per_phase) + 100,
+                                     seed=int(config.data.seed) + i)
+      instruction_data.write_jsonl(base + "_train.jsonl", docs[100:])
+      instruction_data.write_jsonl(base + "_validation.jsonl", docs[:100])
+    lm = lm_config_for(config, size, True, {"inst_train": base + "_train.jsonl",
+                                            "inst_validation": base + "_validation.jsonl"},
+                       data_dir)
+    lm.data.global_batch_size = int(cur.batch_size)
+    lm.trainer.update(dict(total_steps=steps, eval_every=steps))
+    lm.schedule.warmup_steps = min(int(lm.schedule.warmup_steps), max(1, steps // 10))
+    lm.checkpoint.every = steps
+    run_dir = f"{run_prefix}_c{i}_{fmt}"
+    lm_runner.run(lm, run_dir, init_state=init_state)
+    init_state = params_init_state(lm_access.load_run(lm, run_dir).params)
+    logging.info("rag_leakage: curriculum phase %d (%s, %d steps) done for size %s",
+                 i, fmt, steps, size)
+  return init_state
+
+
 def get_models(config: Any, workdir: str, paths: dict[str, str], data_dir: str
                ) -> list[dict[str, Any]]:
   from experiments import lm as lm_runner  # pylint: disable=g-import-not-at-top
@@ -175,7 +226,10 @@ def get_models(config: Any, workdir: str, paths: dict[str, str], data_dir: str
     lm_config = lm_config_for(config, size, instruct, paths, data_dir)
     run_dir = os.path.join(workdir, "lm_" + spec.replace(":", "_"))
     t0 = time.time()
-    summary = lm_runner.run(lm_config, run_dir)
+    init_state = None
+    if instruct or bool(config.curriculum.for_plain):
+      init_state = run_curriculum(config, size, run_dir, data_dir)
+    summary = lm_runner.run(lm_config, run_dir, init_state=init_state)
     handle = lm_access.load_run(lm_config, run_dir)
     models.append({"name": spec, "size": size, "instruct": instruct, "handle": handle,
                    "params": transformer.count_params(handle.cfg)["total"],
