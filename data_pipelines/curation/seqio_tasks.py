@@ -2,7 +2,7 @@
 
 A task reads the `text` of curated JSONL.zst shards and runs the same
 preprocessing as data_pipelines.lm_data (tokenize, split long documents into
-chunks of L - 1 tokens, append EOS); packing with DecoderFeatureConverter then
+chunks of L - 1 tokens, append EOS); packing (`lm_data.pack_with_loss_mask`) then
 yields the framework's batch keys (inputs, targets, weights, segment_ids,
 positions). Documents go to "validation" when hash(id) mod 1e6 falls below
 validation_fraction 1e6, else to "train".
@@ -89,9 +89,9 @@ def packed_mixture_arrays(mixture: str, split: str, seq_len: int, num_sequences:
   ds = seqio.get_mixture_or_task(mixture).get_dataset(
       lengths, split=split, shuffle=False, use_cached=False, seed=seed, num_epochs=None,
       log_mixing_proportions=False)
-  ds = seqio.DecoderFeatureConverter(pack=True)(ds, lengths).take(num_sequences)
-  rows = {k: [] for k in lm_data._SEQIO_TO_BATCH.values()}  # pylint: disable=protected-access
+  ds = lm_data.pack_with_loss_mask(ds, seq_len).take(num_sequences)
+  rows = {k: [] for k in lm_data.BATCH_KEYS}
   for ex in ds.as_numpy_iterator():
-    for sk, k in lm_data._SEQIO_TO_BATCH.items():  # pylint: disable=protected-access
-      rows[k].append(ex[sk])
+    for k in lm_data.BATCH_KEYS:
+      rows[k].append(ex[k])
   return {k: np.stack(v).astype(np.int32) for k, v in rows.items()}
