@@ -14,8 +14,8 @@ Variants: `default` (three byte-level LM sizes plus a control; several minutes
 per model on a 2-core CPU), `long` (S and L trained 4x longer on a
 mix that adds `copy_random`: copying random strings, which only attending to the
 context predicts), `tiny` (a smoke test: a few training steps on
-small data; numbers are not findings), `curriculum` (S and M instruction
-models and the M control, 600 steps of batch 16 on the `long` mix, each
+small data; numbers are not findings), `curriculum` (S, M and L instruction
+models and the M and L controls, 600 steps of batch 16 on the `long` mix, each
 instruction model after a copy curriculum of 1600 steps: see `c.curriculum`). `hf_dirs` adds Hugging Face
 Llama-family checkpoint directories to the models evaluated (not trained).
 Needs the `studies` extra (bm25s, rouge-score, sacrebleu).
@@ -73,10 +73,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   # documents only (the non-instruction-tuned control); sizes from `sizes`.
   # `long` has no plain control (its ~25 min of CPU did not fit the session that ran
   # it): add "L:plain" here for one; the default variant has it at 600 steps.
-  # `curriculum` stops at M (about 30 min on a 2-core CPU): add "L:inst", "L:plain"
-  # for the third size (about 40 min more there).
   c.models = (["S:inst", "L:plain"] if tiny else ["S:inst", "L:inst"] if long
-              else ["S:inst", "M:inst", "M:plain"] if curriculum
+              else ["S:inst", "M:inst", "M:plain", "L:inst", "L:plain"] if curriculum
               else ["S:inst", "M:inst", "L:inst", "L:plain"])
   c.sizes = ml_collections.ConfigDict(TINY_SIZES if tiny else SIZES)
   lm = lm_quickstart.get_config()
